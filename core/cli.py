@@ -1,0 +1,194 @@
+"""The ``squeezelab`` command line: eval | run | history | app | build-samples.
+
+Exit codes: 0 success, 2 bad input (the message on stderr, no traceback), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from core.errors import SqueezeLabError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits with 2 on bad arguments already; keep its message but drop the usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"squeezelab: {message} (see --help)\n")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="where results are kept (default: $SQUEEZELAB_RESULTS_DIR or ~/.squeezelab/results)")
+    parser.add_argument("--json", action="store_true", help="print the result row as one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="squeezelab", description="Compress causal language models and measure what it costs.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ev = commands.add_parser("eval", help="measure a model: perplexity, accuracy, size, latency")
+    ev.add_argument("--model", default="sample:teacher", help="sample:<name>, a folder, a .gguf file or a Hub id")
+    ev.add_argument("--text", default="default", help="default | sample | wikitext2 | path to .txt/.parquet/.jsonl")
+    ev.add_argument("--seqlen", type=int, default=None, help="window length (default: min(512, model context))")
+    ev.add_argument("--max-windows", type=int, default=64, help="cap on windows scored (0: all)")
+    ev.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps")
+    ev.add_argument("--dtype", default=None, help="auto | fp32 | fp16 | bf16")
+    ev.add_argument("--no-latency", action="store_true", help="skip the prefill/decode timing")
+    _add_common(ev)
+
+    rn = commands.add_parser("run", help="run a recipe file (YAML or JSON)")
+    rn.add_argument("recipe", type=Path)
+    _add_common(rn)
+
+    hist = commands.add_parser("history", help="list stored results")
+    hist.add_argument("--csv", action="store_true", help="print CSV with the result-row columns")
+    hist.add_argument("--results-dir", type=Path, default=None)
+
+    app = commands.add_parser("app", help="start the dashboard (Streamlit, on 127.0.0.1)")
+    app.add_argument("--port", type=int, default=8501)
+
+    samples = commands.add_parser("build-samples", help="train the bundled sample models from scratch")
+    samples.add_argument("args", nargs=argparse.REMAINDER, help="passed to sample_models/build.py")
+    return parser
+
+
+def _progress_printer(enabled: bool) -> Callable[[str, float], None] | None:
+    if not enabled:
+        return None
+    last: dict[str, int] = {}
+
+    def report(stage: str, fraction: float) -> None:
+        percent = int(fraction * 100)
+        if last.get(stage, -10) + 10 <= percent or fraction >= 1.0 and last.get(stage) != 100:
+            last[stage] = percent
+            print(f"  {stage}: {percent}%", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _print_row(row, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(row.to_dict()))
+        return
+    details = row.details or {}
+    latency = details.get("latency") or {}
+    lines = [
+        ("model", row.model),
+        ("perplexity", f"{row.perplexity:.4f}  ({details.get('windows')} windows x {details.get('seqlen')} tokens, "
+                       f"text: {details.get('text')})"),
+        ("top-1 accuracy", f"{100 * row.top1_acc:.2f}%"),
+        ("parameters", f"{row.params:,} ({row.nonzero_params:,} non-zero)"),
+        ("weights in memory", f"{row.size_bytes / 2**20:.2f} MiB ({row.bits_per_weight:.2f} bits/weight)"),
+        ("kernel", row.kernel),
+    ]
+    if latency:
+        lines += [
+            ("prefill", f"{row.prefill_ms:.1f} ms for {latency['prompt_tokens']} tokens (median of {latency['runs']})"),
+            ("decode", f"{row.decode_tok_s:.1f} tokens/s over {latency['new_tokens']} tokens, batch 1, KV cache"),
+            ("peak memory", f"{row.peak_mem_bytes / 2**20:.0f} MiB"),
+        ]
+    lines += [("device", f"{row.device}, {details.get('dtype')}, {details.get('threads')} threads"),
+              ("wall time", f"{row.wall_s:.1f} s"), ("result id", row.id)]
+    width = max(len(name) for name, _ in lines)
+    print("\n".join(f"{name:<{width}}  {value}" for name, value in lines))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from core.specs import EvalSpec, Recipe
+
+    spec = EvalSpec(text=args.text, seqlen=args.seqlen, max_windows=args.max_windows or None,
+                    latency=not args.no_latency)
+    return _run_recipe(Recipe(model=args.model, evaluation=spec, device=args.device, dtype=args.dtype), args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from core.specs import load_recipe
+
+    return _run_recipe(load_recipe(args.recipe), args)
+
+
+def _run_recipe(recipe, args: argparse.Namespace) -> int:
+    from core import pipeline
+    from core.store import ResultStore
+
+    row = pipeline.run(recipe, ResultStore(args.results_dir), on_progress=_progress_printer(not args.json))
+    _print_row(row, args.json)
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from core.store import ResultStore
+
+    store = ResultStore(args.results_dir)
+    if args.csv:
+        sys.stdout.write(store.to_csv())
+        return EXIT_OK
+    rows = store.list()
+    if not rows:
+        print(f"no results yet in {store.root}")
+    for row in rows:
+        ppl = f"{row.perplexity:.3f}" if row.perplexity is not None else "-"
+        print(f"{row.id}  {row.status:<9}  ppl {ppl:>9}  {row.model}" + (f"  ({row.error})" if row.error else ""))
+    return EXIT_OK
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    app = REPO_ROOT / "app.py"
+    if not app.is_file():
+        raise SqueezeLabError(f"the dashboard ({app}) is not part of this installation; use `squeezelab eval`")
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", "127.0.0.1",
+               "--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
+    return subprocess.call(command, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+
+
+def cmd_build_samples(args: argparse.Namespace) -> int:
+    from sample_models import build
+
+    return build.main(args.args)
+
+
+COMMANDS = {"eval": cmd_eval, "run": cmd_run, "history": cmd_history, "app": cmd_app,
+            "build-samples": cmd_build_samples}
+
+
+def _quiet_libraries() -> None:
+    """Our own progress lines replace the libraries' progress bars and advisory warnings."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``squeezelab`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except SqueezeLabError as exc:
+        print(f"squeezelab: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("squeezelab: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal error: keep the traceback for a bug report
+        import traceback
+
+        traceback.print_exc()
+        print(f"squeezelab: internal error ({type(exc).__name__}); please report it with the traceback above",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,371 @@
+"""Load causal LMs by model reference, pick device and dtype, estimate memory, clone.
+
+A model reference is one of (the same strings in the CLI, recipes and the UI):
+  * ``sample:<name>`` - a bundled sample model (``sample:teacher``, ``sample:student``)
+  * a local folder holding ``config.json`` and weights
+  * a path to a ``.gguf`` file (loaded through transformers' GGUF support and dequantized)
+  * a Hugging Face Hub id such as ``HuggingFaceTB/SmolLM2-135M``
+
+Nothing here runs remote code or unpickles weights unless the caller opts in.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from core.errors import (
+    DeviceError,
+    HubUnreachableError,
+    InsufficientMemoryError,
+    ModelNotFoundError,
+    NotACausalLMError,
+    UnsafeModelError,
+)
+
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "sample_models"
+SAMPLE_PREFIX = "sample:"
+# More descriptive names for the same bundled models.
+SAMPLE_ALIASES = {"pycode-teacher": "teacher", "pycode-student": "student"}
+DEFAULT_MODEL = "sample:teacher"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+MEMORY_HEADROOM = 1.2  # weights plus activations, buffers and the allocator's slack
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a reference points: kind is "sample", "folder", "gguf" or "hub"."""
+
+    ref: str
+    kind: str
+    location: str  # folder path, hub id, or folder of the .gguf file
+    gguf_file: str | None = None
+
+    @property
+    def default_text(self) -> str:
+        """The text source ``default`` means for this model."""
+        return "sample" if self.kind == "sample" else "wikitext2"
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and what was chosen to load it."""
+
+    model: nn.Module
+    tokenizer: object
+    source: ModelSource
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def context_length(self) -> int:
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 2048
+
+
+def sample_names() -> list[str]:
+    """Names of the bundled sample models that are present."""
+    if not SAMPLES_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SAMPLES_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def resolve(ref: str) -> ModelSource:
+    """Classify a model reference without loading anything; raise if a local one does not exist."""
+    ref = ref.strip()
+    if ref.startswith(SAMPLE_PREFIX):
+        name = SAMPLE_ALIASES.get(ref[len(SAMPLE_PREFIX):], ref[len(SAMPLE_PREFIX):])
+        if name not in sample_names():
+            raise ModelNotFoundError(
+                f"no bundled sample model {ref!r}; available: "
+                f"{', '.join(SAMPLE_PREFIX + n for n in sample_names()) or 'none (run squeezelab build-samples)'}"
+            )
+        return ModelSource(ref, "sample", str(SAMPLES_DIR / name))
+    path = Path(ref).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file {ref!r} does not exist; check the path")
+        return ModelSource(ref, "gguf", str(path.resolve().parent), path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"folder {ref!r} has no config.json, so it is not a Hugging Face model folder; "
+                "point at the folder that save_pretrained wrote, or at a .gguf file"
+            )
+        return ModelSource(ref, "folder", str(path.resolve()))
+    if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1 or not ref:
+        raise ModelNotFoundError(
+            f"model {ref!r} is neither a folder with config.json, a .gguf file, a sample "
+            f"({', '.join(SAMPLE_PREFIX + n for n in sample_names())}) nor a Hub id like org/name"
+        )
+    return ModelSource(ref, "hub", ref)
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """``auto``/None picks cuda > mps > cpu; an explicit device must exist on this machine."""
+    if requested in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as exc:
+        raise DeviceError(f"unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {requested!r} was asked for but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {requested!r}: only {torch.cuda.device_count()} CUDA device(s) exist")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("device 'mps' was asked for but Metal is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device {requested!r} is not supported; use auto, cpu, cuda or mps")
+    return device
+
+
+def pick_dtype(device: torch.device, requested: str | None = None) -> torch.dtype:
+    """``auto``/None: fp32 on CPU, bf16 on GPUs that support it, else fp16."""
+    if requested in (None, "", "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if device.type == "mps" else torch.float32
+    if requested not in DTYPES:
+        raise DeviceError(f"unknown dtype {requested!r}; use auto, {', '.join(DTYPES)}")
+    return DTYPES[requested]
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory free for new weights on ``device`` (available RAM for the CPU and MPS)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def estimate_weight_bytes(config, dtype: torch.dtype) -> int:
+    """Bytes the weights need in ``dtype``, counted on a meta-device instance of the config."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in skeleton.parameters()) * torch.tensor([], dtype=dtype).element_size()
+
+
+def check_memory(needed: int, device: torch.device, what: str) -> None:
+    """Refuse, with numbers, to load what would not fit in free memory."""
+    free = free_memory_bytes(device)
+    if needed * MEMORY_HEADROOM > free:
+        raise InsufficientMemoryError(
+            f"{what} needs about {needed / 2**30:.2f} GiB for its weights (x{MEMORY_HEADROOM} with working memory) "
+            f"but only {free / 2**30:.2f} GiB is free on {device}; choose a smaller model, a 16-bit dtype "
+            "(--dtype bf16/fp16) or another device"
+        )
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A quick TCP probe of the Hub endpoint, so an offline machine fails in seconds, not minutes."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def read_config(source: ModelSource, trust_remote_code: bool = False, local_only: bool = False):
+    """The model's config, after the safety and causal-LM checks."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if source.gguf_file:
+        config = AutoConfig.from_pretrained(source.location, gguf_file=source.gguf_file)
+    else:
+        raw = _raw_config(source, local_only)
+        model_type = raw.get("model_type")
+        if model_type not in CONFIG_MAPPING_NAMES and "auto_map" in raw and not trust_remote_code:
+            raise UnsafeModelError(
+                f"{source.ref} needs its own Python code from the repository (model_type {model_type!r}, auto_map "
+                "in config.json); loading would run that code. Pass trust_remote_code (CLI: --trust-remote-code) "
+                "only if you trust its authors"
+            )
+        config = AutoConfig.from_pretrained(source.location, trust_remote_code=trust_remote_code,
+                                            local_files_only=local_only)
+    # Encoder families (BERT, RoBERTa, ...) also appear in the causal-LM mapping because they have an
+    # optional decoder head; a checkpoint that was not trained as a decoder would get a random head.
+    encoder_only = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
+    unknown_type = config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "auto_map", None)
+    if encoder_only or unknown_type or getattr(config, "is_encoder_decoder", False):
+        raise NotACausalLMError(
+            f"{source.ref} is a {config.model_type!r} model, which is not a causal (decoder-only) language model; "
+            "SqueezeLab compresses text generators such as Llama, Qwen, GPT-2, OPT or GPT-NeoX models"
+        )
+    return config
+
+
+def _raw_config(source: ModelSource, local_only: bool) -> dict:
+    if source.kind in ("sample", "folder", "gguf"):
+        return json.loads((Path(source.location) / "config.json").read_text())
+    from huggingface_hub import hf_hub_download
+
+    return json.loads(Path(hf_hub_download(source.location, "config.json", local_files_only=local_only)).read_text())
+
+
+def check_weight_format(source: ModelSource, allow_pickle: bool) -> None:
+    """Refuse pickle-only weights (torch.load can run code) unless the caller opts in."""
+    if source.kind == "hub" or allow_pickle:
+        return
+    folder = Path(source.location)
+    if any((folder / name).is_file() for name in SAFE_WEIGHTS):
+        return
+    if any((folder / name).is_file() for name in PICKLE_WEIGHTS):
+        raise UnsafeModelError(
+            f"{source.ref} has weights only in pickle format (pytorch_model.bin); unpickling can run code. "
+            "Convert them to safetensors, or pass allow_pickle (CLI: --allow-pickle) if you trust the file"
+        )
+    raise ModelNotFoundError(f"folder {source.ref!r} has config.json but no weights (model.safetensors)")
+
+
+def load(
+    ref: str = DEFAULT_MODEL,
+    device: str | None = None,
+    dtype: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    check_free_memory: bool = True,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer by model reference, in eval mode on the chosen device."""
+    source = resolve(ref)
+    target = pick_device(device)
+    torch_dtype = pick_dtype(target, dtype)
+    if source.kind == "gguf":
+        source = ModelSource(source.ref, "gguf", str(gguf_as_folder(source, check_free_memory)))
+    local_only = source.kind != "hub" or _hub_local_only(source)
+    config = read_config(source, trust_remote_code, local_only)
+    check_weight_format(source, allow_pickle)
+    if check_free_memory:
+        check_memory(estimate_weight_bytes(config, torch_dtype), target, source.ref)
+    model = _load_weights(source, torch_dtype, allow_pickle, trust_remote_code, local_only)
+    tokenizer = load_tokenizer(source, trust_remote_code, local_only)
+    model.to(target).eval()
+    return LoadedModel(model, tokenizer, source, target, torch_dtype)
+
+
+def _hub_local_only(source: ModelSource) -> bool:
+    """Offline: use the local cache if it holds the model, else say the Hub is unreachable."""
+    if hub_reachable():
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source.location, "config.json"), str):
+        return True
+    raise HubUnreachableError(
+        f"cannot reach the Hugging Face Hub to fetch {source.ref!r}, and it is not in the local cache. "
+        "Download it on a connected machine (or use a local folder / .gguf file path instead), "
+        "or try a bundled sample such as sample:teacher"
+    )
+
+
+def _load_weights(source: ModelSource, dtype: torch.dtype, allow_pickle: bool, trust_remote_code: bool,
+                  local_only: bool) -> nn.Module:
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "local_files_only": local_only}
+    if source.gguf_file:
+        return AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file, **kwargs)
+    try:
+        return AutoModelForCausalLM.from_pretrained(source.location, use_safetensors=None if allow_pickle else True,
+                                                    **kwargs)
+    except RepositoryNotFoundError as exc:
+        raise ModelNotFoundError(f"the Hub has no model {source.ref!r} (or it is private); check the id") from exc
+    except OSError as exc:
+        if not allow_pickle and "safetensors" in str(exc).lower():
+            raise UnsafeModelError(
+                f"{source.ref} offers no safetensors weights; pickle weights are refused unless you pass "
+                "allow_pickle (CLI: --allow-pickle)"
+            ) from exc
+        raise
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, local_only: bool = True):
+    """The model's tokenizer, with a pad token (the EOS token when the model defines none)."""
+    from transformers import AutoTokenizer
+
+    if source.gguf_file:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust_remote_code,
+                                                  local_files_only=local_only)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached (env ``SQUEEZELAB_CACHE_DIR``, default ~/.cache/squeezelab)."""
+    return Path(os.environ.get("SQUEEZELAB_CACHE_DIR", Path.home() / ".cache" / "squeezelab")).expanduser()
+
+
+def gguf_as_folder(source: ModelSource, check_free_memory: bool = True) -> Path:
+    """A Hugging Face folder (fp32 safetensors) holding the dequantized GGUF model, converted once.
+
+    Reading a GGUF file through transformers parses it once per config, tokenizer and weights;
+    converting once and caching makes every later load as fast as a local folder.
+    """
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModelNotFoundError(
+            f"reading {source.ref} needs the package(s) {', '.join(missing)}: pip install 'squeezelab[gguf]'"
+        )
+    gguf_path = Path(source.location) / source.gguf_file
+    stat = gguf_path.stat()
+    folder = cache_dir() / "gguf" / f"{gguf_path.stem}-{stat.st_size:x}-{int(stat.st_mtime):x}"
+    if (folder / "config.json").is_file():
+        return folder
+    config = read_config(source)
+    if check_free_memory:
+        check_memory(estimate_weight_bytes(config, torch.float32), torch.device("cpu"), source.ref)
+    model = _load_weights(source, torch.float32, False, False, True)
+    tokenizer = load_tokenizer(source)
+    scratch = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    try:
+        model.save_pretrained(scratch, safe_serialization=True)
+        tokenizer.save_pretrained(scratch)
+        (scratch / "source.json").write_text(json.dumps({"gguf": str(gguf_path.resolve()), "size": stat.st_size}))
+        scratch.rename(folder)
+    except OSError:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not (folder / "config.json").is_file():  # another process may have won the race
+            raise
+    return folder
+
+
+def clone(model: nn.Module) -> nn.Module:
+    """An independent deep copy: changing it never changes the original (a cached base model)."""
+    return copy.deepcopy(model)

@@ -1,0 +1,132 @@
+"""Recipe -> copy of the base model -> steps -> evaluation -> result row.
+
+The base model is never mutated: steps work on ``clone(base)``. A run is recorded in the store
+before any work starts, so a crash leaves a failed row, never a missing one.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+
+import torch
+import transformers
+
+from core import data, evaluate, models
+from core.evaluate import CancelFn, ProgressFn
+from core.specs import EvalSpec, Recipe
+from core.store import ResultRow, ResultStore
+
+
+@dataclass
+class Measurement:
+    """Everything one evaluation measured, ready to become result-row fields."""
+
+    quality: evaluate.QualityMetrics
+    size: evaluate.SizeMetrics
+    latency: evaluate.LatencyMetrics | None
+    text: str
+
+    def row_fields(self) -> dict:
+        latency = self.latency
+        return {
+            "perplexity": self.quality.perplexity,
+            "top1_acc": self.quality.top1_acc,
+            "top1_agreement": self.quality.top1_agreement,
+            "kl_to_base": self.quality.kl_to_base,
+            "params": self.size.params,
+            "nonzero_params": self.size.nonzero_params,
+            "size_bytes": self.size.size_bytes,
+            "bits_per_weight": self.size.bits_per_weight,
+            "prefill_ms": latency.prefill_ms if latency else None,
+            "decode_tok_s": latency.decode_tok_s if latency else None,
+            "peak_mem_bytes": latency.peak_mem_bytes if latency else None,
+        }
+
+    def details(self) -> dict:
+        return {
+            "text": self.text,
+            "seqlen": self.quality.seqlen,
+            "windows": self.quality.windows,
+            "tokens_scored": self.quality.tokens_scored,
+            "latency": self.latency.as_dict() if self.latency else None,
+            "threads": torch.get_num_threads(),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__},
+        }
+
+
+def eval_windows(loaded: models.LoadedModel, spec: EvalSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(all token ids of the evaluation text, the windows scored) for a model and spec."""
+    text = data.load_text(spec.text, default=loaded.source.default_text)
+    ids = data.tokenize(loaded.tokenizer, text.text)
+    return ids, data.windows(ids, spec.resolved_seqlen(loaded.context_length), spec.max_windows)
+
+
+def measure(
+    model: torch.nn.Module,
+    loaded: models.LoadedModel,
+    spec: EvalSpec,
+    base: torch.nn.Module | None = None,
+    on_progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> Measurement:
+    """Quality on the spec's windows (agreement with ``base`` if given), size, and latency."""
+    ids, windows = eval_windows(loaded, spec)
+    quality = evaluate.evaluate_quality(model, windows, base=base, on_progress=on_progress, cancel=cancel)
+    latency = None
+    if spec.latency:
+        if on_progress:
+            on_progress("latency", 0.0)
+        prompt_tokens, new_tokens = fit_to_context(spec.prompt_tokens, spec.new_tokens, loaded.context_length)
+        prompt_tokens = min(prompt_tokens, ids.numel())
+        latency = evaluate.measure_latency(model, ids[:prompt_tokens], new_tokens, runs=spec.latency_runs)
+    return Measurement(quality, evaluate.measure_size(model), latency, spec.text)
+
+
+def fit_to_context(prompt_tokens: int, new_tokens: int, context_length: int) -> tuple[int, int]:
+    """Shrink the latency prompt / generation so both fit the model's context (half each at worst)."""
+    if prompt_tokens + new_tokens <= context_length:
+        return prompt_tokens, new_tokens
+    prompt = min(prompt_tokens, max(1, context_length // 2))
+    return prompt, max(1, min(new_tokens, context_length - prompt))
+
+
+def kernel_label(model: torch.nn.Module) -> str:
+    """What runs the matmuls of an uncompressed model, e.g. 'dense float32 (torch cpu)'."""
+    parameter = next(model.parameters())
+    return f"dense {str(parameter.dtype).replace('torch.', '')} (torch {parameter.device.type})"
+
+
+def run(
+    recipe: Recipe,
+    store: ResultStore,
+    base: models.LoadedModel | None = None,
+    on_progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> ResultRow:
+    """Run a recipe end to end, record it in ``store`` and return its result row.
+
+    ``base`` lets a caller that already holds the loaded model (the app's cache) skip loading.
+    """
+    # What can be checked without loading fails before any row is written.
+    models.resolve(recipe.model)
+    models.pick_dtype(models.pick_device(recipe.device), recipe.dtype)
+    data.check_source(recipe.evaluation.text)
+    started = time.perf_counter()
+    with store.run(recipe.model, recipe.to_yaml(), device=recipe.device) as run_id:
+        if on_progress:
+            on_progress("load", 0.0)
+        loaded = base or models.load(recipe.model, device=recipe.device, dtype=recipe.dtype)
+        measured = measure(loaded.model, loaded, recipe.evaluation, on_progress=on_progress, cancel=cancel)
+        return store.finish(
+            run_id,
+            base_perplexity=measured.quality.perplexity,
+            kernel=kernel_label(loaded.model),
+            device=str(loaded.device),
+            wall_s=time.perf_counter() - started,
+            details={**measured.details(), "dtype": str(loaded.dtype).replace("torch.", "")},
+            **measured.row_fields(),
+        )
+

@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny model folders built once per session, and single-threaded torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import CAUSAL_FAMILIES, tiny_model_folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One saved tiny causal LM folder per family (gpt2, opt, gpt_neox, llama), built once."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {family: tiny_model_folder(family, root / family) for family in CAUSAL_FAMILIES}
+
+
+@pytest.fixture(autouse=True)
+def single_thread_torch():
+    """One intra-op thread: reproducible float sums, and no contention with other work on the machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
