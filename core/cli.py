@@ -32,19 +32,41 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result row as one JSON object")
 
 
+def _add_eval_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text", default="default", help="default | sample | wikitext2 | path to .txt/.parquet/.jsonl")
+    parser.add_argument("--seqlen", type=int, default=None, help="window length (default: min(512, model context))")
+    parser.add_argument("--max-windows", type=int, default=64, help="cap on windows scored (0: all)")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps")
+    parser.add_argument("--dtype", default=None, help="auto | fp32 | fp16 | bf16")
+    parser.add_argument("--no-latency", action="store_true", help="skip the prefill/decode timing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="squeezelab", description="Compress causal language models and measure what it costs.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ev = commands.add_parser("eval", help="measure a model: perplexity, accuracy, size, latency")
     ev.add_argument("--model", default="sample:teacher", help="sample:<name>, a folder, a .gguf file or a Hub id")
-    ev.add_argument("--text", default="default", help="default | sample | wikitext2 | path to .txt/.parquet/.jsonl")
-    ev.add_argument("--seqlen", type=int, default=None, help="window length (default: min(512, model context))")
-    ev.add_argument("--max-windows", type=int, default=64, help="cap on windows scored (0: all)")
-    ev.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps")
-    ev.add_argument("--dtype", default=None, help="auto | fp32 | fp16 | bf16")
-    ev.add_argument("--no-latency", action="store_true", help="skip the prefill/decode timing")
+    _add_eval_options(ev)
     _add_common(ev)
+
+    pr = commands.add_parser("prune", help="prune a model, then measure it (a one-step recipe)")
+    pr.add_argument("--model", default="sample:teacher", help="sample:<name>, a folder, a .gguf file or a Hub id")
+    pr.add_argument("--method", default="magnitude", choices=["magnitude", "wanda", "sparsegpt", "structured"])
+    pr.add_argument("--sparsity", type=float, default=None, help="share of weights zeroed, e.g. 0.5")
+    pr.add_argument("--threshold", type=float, default=None, help="magnitude: zero every |w| below this")
+    pr.add_argument("--pattern", default="unstructured", help="unstructured, or N:M such as 2:4")
+    pr.add_argument("--scope", default="per-matrix", choices=["per-matrix", "global"], help="magnitude only")
+    pr.add_argument("--target", default=None, choices=["mlp_channels", "heads", "layers"], help="structured only")
+    pr.add_argument("--fraction", type=float, default=None, help="structured: share of channels/heads/layers removed")
+    pr.add_argument("--include", nargs="*", default=None, help="module name patterns to prune (default: all)")
+    pr.add_argument("--exclude", nargs="*", default=None, help="module name patterns to keep dense")
+    pr.add_argument("--recovery-steps", type=int, default=0, help="masked fine-tuning steps afterwards")
+    pr.add_argument("--calib-text", default="default", help="calibration text source")
+    pr.add_argument("--calib-samples", type=int, default=128)
+    pr.add_argument("--calib-seqlen", type=int, default=512)
+    _add_eval_options(pr)
+    _add_common(pr)
 
     rn = commands.add_parser("run", help="run a recipe file (YAML or JSON)")
     rn.add_argument("recipe", type=Path)
@@ -91,6 +113,12 @@ def _print_row(row, as_json: bool) -> None:
         ("weights in memory", f"{row.size_bytes / 2**20:.2f} MiB ({row.bits_per_weight:.2f} bits/weight)"),
         ("kernel", row.kernel),
     ]
+    if row.perplexity is not None and row.base_perplexity is not None and details.get("steps"):
+        lines.insert(2, ("base perplexity", f"{row.base_perplexity:.4f}  (same windows)"))
+        lines.insert(3, ("steps", details.get("method")))
+        if row.top1_agreement is not None:
+            agreement = f"top-1 {100 * row.top1_agreement:.2f}%, KL(base||model) {row.kl_to_base:.4f}"
+            lines.insert(4, ("agreement with base", agreement))
     if latency:
         lines += [
             ("prefill", f"{row.prefill_ms:.1f} ms for {latency['prompt_tokens']} tokens (median of {latency['runs']})"),
@@ -103,12 +131,39 @@ def _print_row(row, as_json: bool) -> None:
     print("\n".join(f"{name:<{width}}  {value}" for name, value in lines))
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from core.specs import EvalSpec, Recipe
+def _eval_spec(args: argparse.Namespace):
+    from core.specs import EvalSpec
 
-    spec = EvalSpec(text=args.text, seqlen=args.seqlen, max_windows=args.max_windows or None,
+    return EvalSpec(text=args.text, seqlen=args.seqlen, max_windows=args.max_windows or None,
                     latency=not args.no_latency)
-    return _run_recipe(Recipe(model=args.model, evaluation=spec, device=args.device, dtype=args.dtype), args)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from core.specs import Recipe
+
+    return _run_recipe(Recipe(model=args.model, evaluation=_eval_spec(args), device=args.device, dtype=args.dtype),
+                       args)
+
+
+def prune_params(args: argparse.Namespace) -> dict:
+    """The recipe's ``prune:`` mapping for the given options (only what was set)."""
+    if args.method == "structured":
+        params = {"method": "structured", "target": args.target, "fraction": args.fraction}
+    else:
+        params = {"method": args.method, "sparsity": args.sparsity, "threshold": args.threshold,
+                  "pattern": args.pattern, "scope": args.scope, "include": args.include, "exclude": args.exclude}
+    params["recovery_steps"] = args.recovery_steps
+    defaults = {"pattern": "unstructured", "scope": "per-matrix", "recovery_steps": 0}
+    return {key: value for key, value in params.items() if value is not None and defaults.get(key) != value}
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from core.specs import CalibrationSpec, Recipe, Step
+
+    calibration = CalibrationSpec(text=args.calib_text, samples=args.calib_samples, seqlen=args.calib_seqlen)
+    recipe = Recipe(model=args.model, steps=(Step("prune", prune_params(args)),), calibration=calibration,
+                    evaluation=_eval_spec(args), device=args.device, dtype=args.dtype)
+    return _run_recipe(recipe, args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -157,7 +212,7 @@ def cmd_build_samples(args: argparse.Namespace) -> int:
     return build.main(args.args)
 
 
-COMMANDS = {"eval": cmd_eval, "run": cmd_run, "history": cmd_history, "app": cmd_app,
+COMMANDS = {"eval": cmd_eval, "prune": cmd_prune, "run": cmd_run, "history": cmd_history, "app": cmd_app,
             "build-samples": cmd_build_samples}
 
 

@@ -29,6 +29,7 @@ class QualityMetrics:
 
     perplexity: float
     top1_acc: float
+    base_perplexity: float | None  # of the base model on the same windows (scored in the same pass)
     top1_agreement: float | None
     kl_to_base: float | None
     windows: int
@@ -44,6 +45,7 @@ class WindowScore:
     """Sums over one batch of windows; perplexity and accuracy come from their totals."""
 
     nll_sum: float
+    base_nll_sum: float
     correct: int
     agree: int
     kl_sum: float
@@ -67,14 +69,16 @@ def score_batch(logits: torch.Tensor, batch: torch.Tensor, base_logits: torch.Te
     log_probs = F.log_softmax(predicted, dim=-1)
     nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     top1 = predicted.argmax(dim=-1)
-    agree, kl_sum = 0, 0.0
+    agree, kl_sum, base_nll_sum = 0, 0.0, 0.0
     if base_logits is not None:
         base_log_probs = F.log_softmax(base_logits[:, :-1, :].float().to(predicted.device), dim=-1)
+        base_nll_sum = float(-base_log_probs.gather(-1, targets.unsqueeze(-1)).double().sum())
         agree = int((base_log_probs.argmax(dim=-1) == top1).sum())
         # KL(base || model) summed over positions: sum_v p_base * (log p_base - log p_model)
         kl_sum = float((base_log_probs.exp() * (base_log_probs - log_probs)).sum())
     return WindowScore(
         nll_sum=float(nll.double().sum()),
+        base_nll_sum=base_nll_sum,
         correct=int((top1 == targets).sum()),
         agree=agree,
         kl_sum=kl_sum,
@@ -90,28 +94,30 @@ def evaluate_quality(
     on_progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> QualityMetrics:
-    """Perplexity, top-1 accuracy and (with ``base``) top-1 agreement and mean KL(base || model).
+    """Perplexity, top-1 accuracy and (with ``base``) the base's perplexity, top-1 agreement and KL(base || model).
 
     ``windows`` is [n, seqlen]. On GPU windows are batched (default 8); on CPU one at a time,
     which is as fast and keeps peak memory low.
     """
     if batch_size is None:
         batch_size = 8 if _model_device(model).type == "cuda" else 1
-    totals = [0.0, 0, 0, 0.0, 0]
+    totals = [0.0, 0.0, 0, 0, 0.0, 0]
     for start in range(0, windows.shape[0], batch_size):
         if cancel is not None and cancel():
             raise CancelledError(f"evaluation cancelled after {start} of {windows.shape[0]} windows")
         batch = windows[start : start + batch_size]
         base_logits = _logits(base, batch) if base is not None else None
         score = score_batch(_logits(model, batch), batch, base_logits)
-        for index, value in enumerate((score.nll_sum, score.correct, score.agree, score.kl_sum, score.count)):
+        parts = (score.nll_sum, score.base_nll_sum, score.correct, score.agree, score.kl_sum, score.count)
+        for index, value in enumerate(parts):
             totals[index] += value
         if on_progress is not None:
             on_progress("evaluate", min(1.0, (start + batch.shape[0]) / windows.shape[0]))
-    nll_sum, correct, agree, kl_sum, count = totals
+    nll_sum, base_nll_sum, correct, agree, kl_sum, count = totals
     return QualityMetrics(
         perplexity=math.exp(nll_sum / count),
         top1_acc=correct / count,
+        base_perplexity=math.exp(base_nll_sum / count) if base is not None else None,
         top1_agreement=agree / count if base is not None else None,
         kl_to_base=kl_sum / count if base is not None else None,
         windows=int(windows.shape[0]),

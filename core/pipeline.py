@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import transformers
 
-from core import data, evaluate, models
+from core import data, evaluate, models, steps
 from core.evaluate import CancelFn, ProgressFn
 from core.specs import EvalSpec, Recipe
 from core.store import ResultRow, ResultStore
@@ -93,10 +93,25 @@ def fit_to_context(prompt_tokens: int, new_tokens: int, context_length: int) -> 
     return prompt, max(1, min(new_tokens, context_length - prompt))
 
 
-def kernel_label(model: torch.nn.Module) -> str:
-    """What runs the matmuls of an uncompressed model, e.g. 'dense float32 (torch cpu)'."""
+def kernel_label(model: torch.nn.Module, size: evaluate.SizeMetrics) -> str:
+    """What runs the matmuls, e.g. 'dense float32 (torch cpu)' or 'dense float32 with zeros (torch cpu)'."""
     parameter = next(model.parameters())
-    return f"dense {str(parameter.dtype).replace('torch.', '')} (torch {parameter.device.type})"
+    zeros = " with zeros" if size.nonzero_params < 0.99 * size.params else ""
+    return f"dense {str(parameter.dtype).replace('torch.', '')}{zeros} (torch {parameter.device.type})"
+
+
+def step_context(recipe: Recipe, loaded: models.LoadedModel, on_progress: ProgressFn | None,
+                 cancel: CancelFn | None) -> steps.StepContext:
+    """Calibration settings for the recipe's steps; windows never exceed the model's context."""
+    calibration = recipe.calibration
+    seqlen = min(calibration.seqlen, loaded.context_length)
+    context = steps.StepContext(
+        tokenizer=loaded.tokenizer, default_text=loaded.source.default_text, calibration_text=calibration.text,
+        samples=calibration.samples, seqlen=seqlen, seed=calibration.seed, on_progress=on_progress, cancel=cancel,
+    )
+    if seqlen < calibration.seqlen:
+        context.notes.append(f"calibration seqlen {calibration.seqlen} cut to the model's context, {seqlen}")
+    return context
 
 
 def run(
@@ -108,25 +123,32 @@ def run(
 ) -> ResultRow:
     """Run a recipe end to end, record it in ``store`` and return its result row.
 
-    ``base`` lets a caller that already holds the loaded model (the app's cache) skip loading.
+    ``base`` lets a caller that already holds the loaded model (the app's cache) skip loading; it is
+    never modified: steps run on a deep copy.
     """
     # What can be checked without loading fails before any row is written.
     models.resolve(recipe.model)
     models.pick_dtype(models.pick_device(recipe.device), recipe.dtype)
     data.check_source(recipe.evaluation.text)
+    data.check_source(recipe.calibration.text)
     started = time.perf_counter()
     with store.run(recipe.model, recipe.to_yaml(), device=recipe.device) as run_id:
         if on_progress:
             on_progress("load", 0.0)
         loaded = base or models.load(recipe.model, device=recipe.device, dtype=recipe.dtype)
-        measured = measure(loaded.model, loaded, recipe.evaluation, on_progress=on_progress, cancel=cancel)
+        model = models.clone(loaded.model) if recipe.steps else loaded.model
+        context = step_context(recipe, loaded, on_progress, cancel)
+        reports = [steps.apply_step(model, step.parsed, context) for step in recipe.steps]
+        reference = loaded.model if recipe.steps else None
+        measured = measure(model, loaded, recipe.evaluation, base=reference, on_progress=on_progress, cancel=cancel)
+        base_perplexity = measured.quality.base_perplexity if recipe.steps else measured.quality.perplexity
         return store.finish(
             run_id,
-            base_perplexity=measured.quality.perplexity,
-            kernel=kernel_label(loaded.model),
+            base_perplexity=base_perplexity,
+            kernel=kernel_label(model, measured.size),
             device=str(loaded.device),
             wall_s=time.perf_counter() - started,
-            details={**measured.details(), "dtype": str(loaded.dtype).replace("torch.", "")},
+            details={**measured.details(), "dtype": str(loaded.dtype).replace("torch.", ""), "steps": reports,
+                     "notes": context.notes, "method": " + ".join(r["label"] for r in reports) or "base"},
             **measured.row_fields(),
         )
-

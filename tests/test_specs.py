@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
-import core.specs
 from core.errors import SpecError
 from core.specs import STEP_KINDS, CalibrationSpec, EvalSpec, Recipe, Step, load_recipe
+from core.steps import PARSERS, PruneStep
 
 
 def test_only_model_gets_defaults():
@@ -86,11 +86,20 @@ def test_spec_constructors_validate_directly():
         CalibrationSpec(samples=0)
 
 
-@pytest.mark.parametrize("kind", STEP_KINDS)
-def test_defined_steps_are_not_available_yet(kind):
+@pytest.mark.parametrize("kind", [k for k in STEP_KINDS if k not in PARSERS])
+def test_steps_without_an_engine_are_refused_by_name(kind):
     with pytest.raises(SpecError, match="not available in this version") as info:
         Recipe.from_dict({"model": "sample:teacher", "steps": [{kind: {"method": "x"}}]})
     assert repr(kind) in str(info.value)
+
+
+def test_prune_step_parameters_are_validated_when_the_recipe_is_read():
+    with pytest.raises(SpecError, match="sparsity"):
+        Recipe.from_dict({"model": "sample:teacher", "steps": [{"prune": {"method": "wanda", "sparsity": 1.5}}]})
+    with pytest.raises(SpecError, match="unknown prune parameter"):
+        Recipe.from_dict({"model": "sample:teacher", "steps": [{"prune": {"method": "wanda", "sparsty": 0.5}}]})
+    step = Recipe.from_dict({"model": "m", "steps": [{"prune": {"method": "wanda", "sparsity": 0.5}}]}).steps[0]
+    assert isinstance(step.parsed, PruneStep) and step.parsed.spec.sparsity == 0.5
 
 
 def test_unknown_step_kind_is_refused():
@@ -143,14 +152,11 @@ def test_yaml_round_trip(recipe):
     assert Recipe.from_dict(yaml.safe_load(text)) == recipe
 
 
-def test_yaml_round_trip_with_steps(monkeypatch):
-    # Steps are refused until their engines exist; pretend they do to check the layout round-trips.
-    monkeypatch.setattr(core.specs, "IMPLEMENTED_STEPS", STEP_KINDS)
+def test_yaml_round_trip_with_steps():
     recipe = Recipe(
         model="sample:teacher",
         steps=(Step("prune", {"method": "wanda", "sparsity": 0.5, "pattern": "2:4"}),
-               Step("quantize", {"method": "gptq", "bits": 4, "group_size": 64, "symmetric": False}),
-               Step("distill", {"teacher": "base", "lr": 1e-4})),
+               Step("prune", {"method": "structured", "target": "mlp_channels", "fraction": 0.25})),
     )
     data = yaml.safe_load(recipe.to_yaml())
     assert data["steps"][0] == {"prune": {"method": "wanda", "sparsity": 0.5, "pattern": "2:4"}}

@@ -1,0 +1,123 @@
+"""Recipe steps: turn a step's parameters into a validated spec, and apply it to a model copy.
+
+A ``prune`` step takes the parameters of ``core.prune.PruneSpec`` (magnitude / wanda / sparsegpt)
+or, with ``method: structured``, of ``core.structured.StructuredSpec``; either may add
+``recovery_steps`` / ``recovery_lr`` for a short fine-tune afterwards with the zeros held fixed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import torch
+from torch import nn
+
+from core import data
+from core.errors import SpecError
+from core.evaluate import CancelFn, ProgressFn
+from core.prune import PruneSpec, finetune_masked_, prune_
+from core.structured import StructuredSpec, prune_structured_
+
+RECOVERY_KEYS = ("recovery_steps", "recovery_lr")
+
+
+@dataclass(frozen=True)
+class PruneStep:
+    """A prune step: what to prune, then optionally ``recovery_steps`` of masked fine-tuning."""
+
+    spec: PruneSpec | StructuredSpec
+    recovery_steps: int = 0
+    recovery_lr: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.recovery_steps, bool) or not isinstance(self.recovery_steps, int) or self.recovery_steps < 0:
+            raise SpecError(f"recovery_steps must be a whole number >= 0, got {self.recovery_steps!r}")
+        if not isinstance(self.recovery_lr, (int, float)) or not 0 < self.recovery_lr < 1:
+            raise SpecError(f"recovery_lr must be a number in (0, 1), e.g. 1e-4; got {self.recovery_lr!r}")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> PruneStep:
+        recovery = {key: params[key] for key in RECOVERY_KEYS if key in params}
+        rest = {key: value for key, value in params.items() if key not in RECOVERY_KEYS}
+        structured = rest.get("method") == "structured"
+        spec = StructuredSpec.from_dict(rest) if structured else PruneSpec.from_dict(rest)
+        return cls(spec, **recovery)
+
+    @property
+    def needs_calibration(self) -> bool:
+        if isinstance(self.spec, StructuredSpec):
+            return self.spec.importance == "activation_norm" or (self.spec.target == "layers" and not self.spec.layers)
+        return self.spec.method != "magnitude" or self.recovery_steps > 0
+
+    @property
+    def label(self) -> str:
+        """Short description for charts and tables, e.g. 'wanda 50% 2:4'."""
+        spec = self.spec
+        if isinstance(spec, StructuredSpec):
+            amount = f"{spec.fraction:.0%}" if spec.fraction is not None else f"layers {list(spec.layers or [])}"
+            return f"structured {spec.target} {amount}"
+        amount = f"t={spec.threshold:g}" if spec.threshold is not None else f"{spec.sparsity or 0:.0%}"
+        pattern = "" if spec.pattern == "unstructured" else f" {spec.pattern}"
+        return f"{spec.method} {amount}{pattern}" + (f" +{self.recovery_steps} ft" if self.recovery_steps else "")
+
+
+@dataclass
+class StepContext:
+    """What a step may use besides the model: tokenizer, calibration settings, progress and cancel."""
+
+    tokenizer: Any
+    default_text: str
+    calibration_text: str = "default"
+    samples: int = 128
+    seqlen: int = 512
+    seed: int = 0
+    on_progress: ProgressFn | None = None
+    cancel: CancelFn | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @cached_property
+    def calibration(self) -> torch.Tensor:
+        """``samples`` random windows of ``seqlen`` tokens of the calibration text (tokenized once)."""
+        text = data.load_text(self.calibration_text, default=self.default_text)
+        ids = data.tokenize(self.tokenizer, text.text)
+        return data.calibration_batches(ids, self.samples, self.seqlen, self.seed)
+
+
+PARSERS: dict[str, Callable[[dict[str, Any]], Any]] = {"prune": PruneStep.from_params}
+
+
+def parse_step(kind: str, params: dict[str, Any]) -> Any:
+    """The validated step object for a recipe step (raises SpecError with what is allowed)."""
+    if kind not in PARSERS:
+        raise SpecError(f"the {kind!r} step is not available in this version of SqueezeLab "
+                        f"(available: {', '.join(PARSERS)})")
+    return PARSERS[kind](params)
+
+
+def apply_prune(model: nn.Module, step: PruneStep, ctx: StepContext) -> dict[str, Any]:
+    """Prune ``model`` in place (it is the pipeline's own copy); returns the step's report."""
+    started = time.perf_counter()
+    calibration = ctx.calibration if step.needs_calibration else None
+    if isinstance(step.spec, StructuredSpec):
+        report = prune_structured_(model, step.spec, calibration, ctx.on_progress, ctx.cancel).as_dict()
+    else:
+        report = prune_(model, step.spec, calibration, ctx.on_progress, ctx.cancel).as_dict()
+    if step.recovery_steps:
+        losses = finetune_masked_(model, ctx.calibration, step.recovery_steps, step.recovery_lr,
+                                  on_progress=ctx.on_progress, cancel=ctx.cancel)
+        report["recovery_losses"] = losses
+    model.eval()
+    report.update(kind="prune", label=step.label, step_wall_s=time.perf_counter() - started)
+    return report
+
+
+APPLIERS: dict[type, Callable[[nn.Module, Any, StepContext], dict[str, Any]]] = {PruneStep: apply_prune}
+
+
+def apply_step(model: nn.Module, step: Any, ctx: StepContext) -> dict[str, Any]:
+    """Apply one parsed step to ``model`` in place and return its report."""
+    return APPLIERS[type(step)](model, step, ctx)
