@@ -21,7 +21,8 @@ from core.errors import TextSourceError
 SAMPLE_SOURCE = "sample"
 WIKITEXT2_SOURCE = "wikitext2"
 DEFAULT_SOURCE = "default"
-TEXT_SUFFIXES = (".txt", ".parquet", ".jsonl")
+PLAIN_TEXT_SUFFIXES = (".txt", ".raw", ".tokens")  # WikiText ships its splits as .raw / .tokens plain text
+TEXT_SUFFIXES = (*PLAIN_TEXT_SUFFIXES, ".parquet", ".jsonl")
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -111,7 +112,7 @@ def read_text_file(path: Path) -> str:
             f"{'/'.join(TEXT_SUFFIXES)} file"
         )
     suffix = path.suffix.lower()
-    if suffix == ".txt":
+    if suffix in PLAIN_TEXT_SUFFIXES:
         return path.read_text(encoding="utf-8", errors="replace")
     if suffix == ".parquet":
         return "\n\n".join(_parquet_rows(path))

@@ -353,17 +353,34 @@ def gguf_as_folder(source: ModelSource, check_free_memory: bool = True) -> Path:
     tokenizer = load_tokenizer(source)
     scratch = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     try:
-        model.save_pretrained(scratch, safe_serialization=True)
+        _save_dequantized(model, scratch)
         tokenizer.save_pretrained(scratch)
         (scratch / "source.json").write_text(json.dumps({"gguf": str(gguf_path.resolve()), "size": stat.st_size}))
         scratch.rename(folder)
-    except OSError:
+    except Exception:
         import shutil
 
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)  # never leave a half-written cache entry
         if not (folder / "config.json").is_file():  # another process may have won the race
             raise
     return folder
+
+
+def _save_dequantized(model: nn.Module, folder: Path) -> None:
+    """Write a GGUF-loaded model as a plain fp32 folder (config + safetensors).
+
+    transformers marks GGUF-loaded models as quantized and refuses ``save_pretrained``, although the
+    weights in memory are already dequantized; the config is saved without that marker.
+    """
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(model.config)
+    for attribute in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def clone(model: nn.Module) -> nn.Module:

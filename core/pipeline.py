@@ -139,9 +139,9 @@ def run(
         model = models.clone(loaded.model) if recipe.steps else loaded.model
         context = step_context(recipe, loaded, on_progress, cancel)
         reports = [steps.apply_step(model, step.parsed, context) for step in recipe.steps]
-        reference = loaded.model if recipe.steps else None
+        reference = loaded.model if recipe.steps and recipe.evaluation.compare_to_base else None
         measured = measure(model, loaded, recipe.evaluation, base=reference, on_progress=on_progress, cancel=cancel)
-        base_perplexity = measured.quality.base_perplexity if recipe.steps else measured.quality.perplexity
+        base_perplexity = measured.quality.perplexity if not recipe.steps else measured.quality.base_perplexity
         return store.finish(
             run_id,
             base_perplexity=base_perplexity,

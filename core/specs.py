@@ -61,6 +61,7 @@ class EvalSpec:
     seqlen: int | None = None  # None: 512, or the model's context length when that is shorter
     max_windows: int | None = 64  # None: every window of the text
     latency: bool = True  # also measure prefill / decode speed and peak memory
+    compare_to_base: bool = True  # after steps: base perplexity, top-1 agreement, KL (a second forward pass)
     prompt_tokens: int = 128
     new_tokens: int = 32
     latency_runs: int = 5
@@ -71,7 +72,9 @@ class EvalSpec:
                  f"evaluation.seqlen must be a whole number >= 2, got {self.seqlen!r}")
         _require(self.max_windows is None or _is_count(self.max_windows, 1),
                  f"evaluation.max_windows must be a whole number >= 1 (or omitted for all), got {self.max_windows!r}")
-        _require(isinstance(self.latency, bool), f"evaluation.latency must be true or false, got {self.latency!r}")
+        for name in ("latency", "compare_to_base"):
+            _require(isinstance(getattr(self, name), bool),
+                     f"evaluation.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("prompt_tokens", "new_tokens", "latency_runs"):
             value = getattr(self, name)
             _require(_is_count(value, 1),

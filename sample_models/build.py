@@ -34,7 +34,8 @@ from sample_models.corpus import DOCUMENT_SEPARATOR, HELDOUT_MODULES, heldout_te
 
 PAD_TOKEN = "<|pad|>"
 SAMPLES_DIR = Path(__file__).resolve().parent
-PROMPTS = ("def ", "import os\n", "class Parser:\n    def __init__(self", "    for i in range(")
+PROMPTS = ("import os\nimport sys\n", "class Parser:\n    def __init__(self", "    for i in range(",
+           "    def __repr__(self):\n")
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class ModelPlan:
     lr: float
 
 
-TEACHER = ModelPlan("teacher", hidden=192, layers=6, heads=6, kv_heads=3, intermediate=512, steps=900, lr=3e-3)
+TEACHER = ModelPlan("teacher", hidden=192, layers=6, heads=6, kv_heads=3, intermediate=512, steps=1800, lr=3e-3)
 STUDENT = ModelPlan("student", hidden=128, layers=4, heads=4, kv_heads=2, intermediate=352, steps=900, lr=4e-3)
 
 
@@ -252,6 +253,19 @@ def write_folder(final: Path, model: LlamaForCausalLM, tokenizer: PreTrainedToke
     shutil.rmtree(previous, ignore_errors=True)
 
 
+def rewrite_cards(out_dir: Path, plans: tuple[ModelPlan, ...]) -> None:
+    """Regenerate the example generations and model cards of already built models (no training)."""
+    for plan in plans:
+        folder = out_dir / plan.name
+        info = json.loads((folder / "build_info.json").read_text())
+        model = LlamaForCausalLM.from_pretrained(folder).eval()
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+        info["examples"] = generate_examples(model, tokenizer)
+        (folder / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        (folder / "README.md").write_text(model_card(ModelPlan(**info["plan"]), info, info["examples"]))
+        print(f"{plan.name}: model card rewritten", flush=True)
+
+
 def build(out_dir: Path, settings: BuildSettings, plans: tuple[ModelPlan, ...]) -> list[dict]:
     """The whole build: corpus, tokenizer, then each model in turn."""
     started = time.perf_counter()
@@ -278,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=BuildSettings.threads)
     parser.add_argument("--seed", type=int, default=BuildSettings.seed)
     parser.add_argument("--smoke", action="store_true", help="a tiny, seconds-long build (for tests)")
+    parser.add_argument("--cards-only", action="store_true", help="only regenerate the model cards' examples")
+    parser.add_argument("--models", nargs="+", choices=["teacher", "student"], default=["teacher", "student"],
+                        help="which models to build (each one's training does not depend on the other)")
     args = parser.parse_args(argv)
     settings = BuildSettings(threads=args.threads, seed=args.seed)
     plans = (
@@ -289,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
                                  warmup_steps=1, eval_every=1000, max_documents=8, max_eval_windows=8)
         plans = tuple(ModelPlan(**{**asdict(p), "hidden": 32, "heads": 4, "kv_heads": 2, "intermediate": 64, "layers": 2,
                                       "steps": 2}) for p in plans)
-    build(args.out_dir, settings, plans)
+    plans = tuple(plan for plan in plans if plan.name in args.models)
+    if args.cards_only:
+        rewrite_cards(args.out_dir, plans)
+    else:
+        build(args.out_dir, settings, plans)
     return 0
 
 
