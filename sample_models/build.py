@@ -52,8 +52,8 @@ class ModelPlan:
     lr: float
 
 
-TEACHER = ModelPlan("teacher", hidden=192, layers=6, heads=6, kv_heads=3, intermediate=512, steps=1800, lr=3e-3)
-STUDENT = ModelPlan("student", hidden=128, layers=4, heads=4, kv_heads=2, intermediate=352, steps=900, lr=4e-3)
+TEACHER = ModelPlan("teacher", hidden=192, layers=6, heads=6, kv_heads=3, intermediate=512, steps=900, lr=3e-3)
+STUDENT = ModelPlan("student", hidden=128, layers=4, heads=4, kv_heads=2, intermediate=352, steps=300, lr=4e-3)
 
 
 @dataclass(frozen=True)

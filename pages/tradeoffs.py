@@ -1,0 +1,125 @@
+"""Trade-offs: every stored result on a chart, in a table, side by side, with the recipe behind it."""
+
+import pandas as pd
+import streamlit as st
+
+from core.store import ResultRow
+from ui import cache, charts, navigation, results
+from ui.errors import shown
+
+navigation.inside_app()
+
+TABLE_COLUMNS = ["id", "created", "model", "method", "perplexity", "base_perplexity", "top1_acc", "top1_agreement",
+                 "kl_to_base", "zeros", "size_bytes_axis", "bits_per_weight", "prefill_ms", "decode_tok_s",
+                 "kernel", "device", "protocol", "wall_s"]
+COLUMN_CONFIG = {
+    "perplexity": st.column_config.NumberColumn(format="%.3f"),
+    "base_perplexity": st.column_config.NumberColumn("base ppl", format="%.3f"),
+    "top1_acc": st.column_config.NumberColumn("top-1", format="percent"),
+    "top1_agreement": st.column_config.NumberColumn("agree", format="percent"),
+    "kl_to_base": st.column_config.NumberColumn("KL", format="%.4f"),
+    "zeros": st.column_config.NumberColumn(format="percent"),
+    "size_bytes_axis": st.column_config.NumberColumn("size (MB)", format="%.2f"),
+    "bits_per_weight": st.column_config.NumberColumn("bits/w", format="%.1f"),
+    "prefill_ms": st.column_config.NumberColumn("prefill ms", format="%.1f"),
+    "decode_tok_s": st.column_config.NumberColumn("decode tok/s", format="%.1f"),
+    "wall_s": st.column_config.NumberColumn("wall s", format="%.1f"),
+}
+
+
+def filtered(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the models and evaluation protocols the user keeps."""
+    left, right = st.columns(2)
+    models = sorted(frame["model"].unique())
+    protocols = sorted(frame["protocol"].unique())
+    kept_models = left.multiselect("Models", models, default=models, key="tradeoffs_models")
+    kept_protocols = right.multiselect("Evaluation", protocols, default=protocols, key="tradeoffs_protocols")
+    frame = frame[frame["model"].isin(kept_models) & frame["protocol"].isin(kept_protocols)]
+    if frame["protocol"].nunique() > 1:
+        st.warning("These results were measured on different texts or windows; their perplexities do not compare. "
+                   "Keep one evaluation above.")
+    return frame
+
+
+def chart(frame: pd.DataFrame) -> None:
+    cols = st.columns(4)
+    x = cols[0].selectbox("x axis", list(results.AXES), format_func=lambda c: results.AXES[c][0], key="tradeoffs_x")
+    size = cols[1].selectbox("Marker size", [None, *(c for c in results.AXES if c != x)], key="tradeoffs_size",
+                             format_func=lambda c: "the same for all" if c is None else results.AXES[c][0])
+    color = cols[2].selectbox("Colour by", ["method", "family", "model"], key="tradeoffs_color",
+                              format_func={"method": "method", "family": "method family", "model": "model"}.get)
+    log_y = cols[3].toggle("Log-scale perplexity", key="tradeoffs_log")
+    label, _, lower_better = results.AXES[x]
+    plotted = frame.dropna(subset=[f"{x}_axis", "perplexity"])
+    if plotted.empty:
+        st.info(f"None of these results has {label}. Speed is measured when \"Measure speed\" is on in the sidebar.")
+        return
+    st.plotly_chart(charts.tradeoff_scatter(plotted, x, color, size, log_y), key="tradeoffs_chart")
+    missing = len(frame) - len(plotted)
+    st.caption(f"Better is lower perplexity and {'lower' if lower_better else 'higher'} {label}; the dotted line is "
+               "the Pareto frontier (the results no other result beats on both). Diamonds are base models. Size "
+               "counts the bytes the weights take as stored, so a pruned model stored densely is not smaller."
+               + (f" {missing} result(s) without {label} are not plotted." if missing else ""))
+
+
+def compare(frame: pd.DataFrame, rows: dict[str, ResultRow]) -> None:
+    ids = list(frame["id"])
+    if len(ids) < 2:
+        st.caption("Two results (after the filters above) are needed for a comparison.")
+        return
+    names = {i: f"{i} · {method}" for i, method in zip(frame["id"], frame["method"], strict=True)}
+    left, right = st.columns(2)
+    a = left.selectbox("A", ids, index=1, key="tradeoffs_a", format_func=names.get)
+    b = right.selectbox("B", ids, index=0, key="tradeoffs_b", format_func=names.get)
+    st.dataframe(results.compare_table(rows[a], rows[b]))
+    layers = {names[i]: results.layer_frame(rows[i]) for i in dict.fromkeys((a, b))}
+    layers = {name: layer for name, layer in layers.items() if layer is not None}
+    if not layers:
+        st.caption("Neither result has a per-layer report (unstructured pruning steps write one).")
+        return
+    left, right = st.columns(2)
+    left.plotly_chart(charts.compare_layer_bars(layers, "sparsity", "Zeros per layer", True))
+    errors = {name: layer for name, layer in layers.items() if layer["rel_error"].notna().any()}
+    if errors:
+        right.plotly_chart(charts.compare_layer_bars(errors, "rel_error", "Relative output error per layer", False))
+    else:
+        right.caption("No per-layer output error: it is measured only when calibration data was used.")
+
+
+def recipes(rows: list[ResultRow]) -> None:
+    by_id = {row.id: row for row in rows}
+    picked = st.selectbox("Result", list(by_id), key="tradeoffs_recipe",
+                          format_func=lambda i: f"{i} · {by_id[i].model} · {by_id[i].status}")
+    st.code(by_id[picked].recipe, language="yaml")
+    st.download_button("Download this recipe", by_id[picked].recipe, f"recipe-{picked}.yaml", "application/yaml",
+                       key="tradeoffs_recipe_download")
+    st.caption("Rerun it with `squeezelab run RECIPE.yaml`.")
+    unfinished = [row for row in rows if row.status != "ok"]
+    if unfinished:
+        with st.expander(f"{len(unfinished)} run(s) that did not finish"):
+            st.dataframe(pd.DataFrame([{"id": r.id, "model": r.model, "status": r.status, "error": r.error}
+                                       for r in unfinished]), hide_index=True)
+
+
+st.title("Trade-offs")
+all_rows = None
+with shown("Cannot read the results history"):
+    store = cache.results_store()
+    all_rows = store.list()
+if all_rows is None:
+    st.stop()
+ok_rows = {row.id: row for row in all_rows if row.status == "ok"}
+if not ok_rows:
+    st.info("No finished results yet. Run a pruning job on the Prune page or record a baseline on the Model page "
+            "(or use `squeezelab eval` / `squeezelab run` on the command line); results appear here.")
+else:
+    frame = filtered(results.results_frame(list(ok_rows.values())))
+    chart(frame)
+    st.subheader("Results")
+    st.dataframe(frame[TABLE_COLUMNS], hide_index=True, column_config=COLUMN_CONFIG, key="tradeoffs_table")
+    st.download_button("Download every result as CSV", store.to_csv(), "squeezelab-results.csv", "text/csv")
+    st.subheader("Compare two results")
+    compare(frame, ok_rows)
+if all_rows:
+    st.subheader("Recipes")
+    recipes(all_rows)

@@ -1,0 +1,206 @@
+"""The dashboard, driven through Streamlit's AppTest: pages render, widgets act, jobs finish.
+
+Jobs run on the real process-wide worker (``ui.jobs.worker()``), on the bundled sample student
+with tiny evaluation settings (2 windows of 64 tokens, no latency), so each takes seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import streamlit.testing.v1.app_test as app_test_module
+import torch
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.testing.v1 import AppTest
+
+from core.evaluate import measure_size
+from core.specs import EvalSpec, Recipe, Step
+from core.store import ResultStore
+from ui import cache, jobs, results
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TIMEOUT_S = 60  # one script run; the first loads a sample model
+JOB_TIMEOUT_S = 180  # a tiny job takes seconds; the margin is for a busy machine
+TINY_EVAL = EvalSpec(max_windows=2, seqlen=64, latency=False)
+PAGES = ("pages/model.py", "pages/prune.py", "pages/quantize.py", "pages/distill.py", "pages/tradeoffs.py",
+         "pages/export.py")
+
+
+@pytest.fixture(autouse=True)
+def navigation_pages_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every AppTest script through app.py's st.navigation, as a server does.
+
+    A server checks once for a legacy ``pages/`` folder and ``st.navigation`` switches that mode off
+    for the life of the process. AppTest resets the check before every run, so from the second run
+    on it would execute a page file on its own, without app.py and its sidebar.
+    """
+
+    class NavigationOnly(PagesManager):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(app_test_module, "PagesManager", NavigationOnly)
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty results history for this test only."""
+    folder = tmp_path / "results"
+    monkeypatch.setenv("SQUEEZELAB_RESULTS_DIR", str(folder))
+    return folder
+
+
+def start(query_params: dict[str, str] | None = None) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    app.query_params.update(query_params or {})
+    return app.run()
+
+
+def use_student_with_tiny_eval(app: AppTest) -> AppTest:
+    app.selectbox(key="model").select("sample:student")
+    app.number_input(key="eval_seqlen").set_value(TINY_EVAL.seqlen)
+    app.number_input(key="eval_windows").set_value(TINY_EVAL.max_windows)
+    app.toggle(key="eval_latency").set_value(False)
+    return app.run()
+
+
+def button(app: AppTest, label: str):
+    return next(b for b in app.button if b.label == label)
+
+
+def metric(app: AppTest, label: str) -> str:
+    return next(m.value for m in app.metric if m.label == label)
+
+
+def magnitude_recipe(model: str = "sample:student", sparsity: float = 0.5) -> Recipe:
+    return Recipe(model=model, steps=(Step("prune", {"method": "magnitude", "sparsity": sparsity}),),
+                  evaluation=TINY_EVAL)
+
+
+def finished(job_id: str) -> jobs.Job:
+    job = jobs.worker().wait(job_id, JOB_TIMEOUT_S)
+    assert job is not None and job.status not in jobs.ACTIVE, f"job {job_id} still {job and job.status}"
+    return job
+
+
+def test_app_starts_on_the_teacher(results_dir: Path) -> None:
+    app = start()
+    assert not app.exception
+    assert app.selectbox(key="model").value == "sample:teacher"
+    params = measure_size(cache.load_base("sample:teacher").model).params
+    assert metric(app, "Parameters") == f"{params / 1e6:,.2f} M"
+    assert app.get("plotly_chart"), "the weight histogram of the first layer is drawn"
+
+
+def test_every_page_renders(results_dir: Path) -> None:
+    app = start()
+    expected = {
+        "pages/model.py": lambda: metric(app, "Context") == "256 tokens",
+        "pages/prune.py": lambda: app.selectbox(key="prune_method").value == "magnitude",
+        "pages/quantize.py": lambda: "not part of this version" in app.info[0].value,
+        "pages/distill.py": lambda: "not part of this version" in app.info[0].value,
+        "pages/tradeoffs.py": lambda: "No finished results yet" in app.info[0].value,
+        "pages/export.py": lambda: "not part of this version" in app.info[0].value,
+    }
+    for page in PAGES:
+        app.switch_page(page).run()
+        assert not app.exception, f"{page}: {app.exception[0].value if app.exception else ''}"
+        assert not app.error, f"{page}: {app.error[0].value}"
+        assert expected[page](), page
+
+
+def test_model_page_measures_the_baseline_and_generates(results_dir: Path) -> None:
+    app = use_student_with_tiny_eval(start())
+    button(app, "Measure the baseline").click().run()
+    assert not app.exception
+    perplexity = float(metric(app, "Perplexity"))
+    assert 1.0 < perplexity < 4096.0  # between a perfect model and uniform guessing over the vocabulary
+    assert metric(app, "Tokens scored") == f"{TINY_EVAL.max_windows * (TINY_EVAL.seqlen - 1):,}"
+    button(app, "Generate (greedy)").click().run()
+    generated = app.code[0].value
+    assert generated.startswith(app.text_area(key="model_prompt").value) and len(generated) > len("def read_config")
+
+
+def test_threshold_slider_changes_the_previewed_sparsity(results_dir: Path) -> None:
+    app = start().switch_page("pages/prune.py").run()
+    app.radio(key="prune_amount_mode").set_value("threshold").run()
+    slider = next(s for s in app.slider if s.key.startswith("prune_threshold"))
+    preview = cache.threshold_preview("sample:teacher")
+    shown = {}
+    for value in (slider.step * 3, slider.max):
+        slider.set_value(value).run()
+        assert not app.exception
+        shown[value] = metric(app, "Sparsity at this threshold")
+        assert shown[value] == f"{preview.sparsity_at(value)[0]:.2%}"
+        slider = next(s for s in app.slider if s.key.startswith("prune_threshold"))
+    assert len(set(shown.values())) == 2, shown
+    assert app.get("plotly_chart"), "the per-layer preview is drawn"
+
+
+def test_a_magnitude_job_finishes_and_shows_on_tradeoffs(results_dir: Path) -> None:
+    app = use_student_with_tiny_eval(start()).switch_page("pages/prune.py").run()
+    app.selectbox(key="prune_method").select("magnitude")
+    app.radio(key="prune_amount_mode").set_value("sparsity")
+    app.selectbox(key="prune_pattern").select("unstructured")
+    app.slider(key="prune_sparsity").set_value(0.5)
+    button(app.run(), "Run").click().run()
+    assert not app.exception and not app.error
+    job_id = app.query_params["job"]  # the URL keeps the job for a reload
+
+    job = finished(job_id)
+    assert job.status == "done", job.error
+    row = ResultStore(results_dir).get(job.result_id)
+    assert row.status == "ok" and row.model == "sample:student"
+    assert row.details["steps"][0]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert row.details["windows"] == TINY_EVAL.max_windows and row.details["seqlen"] == TINY_EVAL.seqlen
+
+    reloaded = start({"job": job_id, "model": "sample:student"})  # a new session, as after a browser reload
+    assert reloaded.selectbox(key="model").value == "sample:student"
+    reloaded.switch_page("pages/prune.py").run()
+    assert any(job.result_id in s.value for s in reloaded.success)
+
+    app.switch_page("pages/tradeoffs.py").run()
+    assert not app.exception
+    assert app.get("plotly_chart")
+    table = app.dataframe[0].value
+    assert job.result_id in set(table["id"])
+    assert app.code and "method: magnitude" in app.code[0].value  # the recipe behind the newest result
+
+
+def test_a_bad_model_reference_shows_an_error(results_dir: Path) -> None:
+    app = start()
+    app.selectbox(key="model").select("__other__").run()
+    app.text_input(key="model_ref").input("./no/such/model").run()
+    assert not app.exception
+    assert any("./no/such/model" in e.value for e in app.error)
+
+
+def test_the_cached_base_model_is_unchanged_by_a_job(results_dir: Path) -> None:
+    loaded = cache.load_base("sample:student")
+    before = {name: tensor.clone() for name, tensor in loaded.model.state_dict().items()}
+    job = finished(jobs.submit(magnitude_recipe(), loaded))
+    assert job.status == "done", job.error
+    row = ResultStore(results_dir).get(job.result_id)
+    assert row.nonzero_params < 0.8 * row.params  # the job's copy really was pruned
+    after = loaded.model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert cache.load_base("sample:student") is loaded
+
+
+def test_a_cancelled_job_stops_and_says_so(results_dir: Path) -> None:
+    worker = jobs.worker()
+    job_id = worker.submit(magnitude_recipe(), cache.load_base("sample:student"))
+    worker.cancel(job_id)
+    job = finished(job_id)
+    assert job.status == "cancelled"
+    assert all(row.status == "cancelled" for row in ResultStore(results_dir).list())
+
+
+def test_pareto_front_keeps_only_unbeaten_points() -> None:
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0, 2.5], "y": [9.0, 5.0, 6.0, 4.0, None]})
+    assert list(results.pareto_front(frame, "x", "y")["x"]) == [1.0, 2.0, 4.0]
+    # higher x is better (decode speed): only the fastest point and those with lower y survive
+    assert list(results.pareto_front(frame, "x", "y", x_lower_better=False)["x"]) == [4.0]

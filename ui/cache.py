@@ -1,0 +1,99 @@
+"""Cached loaders: the base model (shared, read-only), its baseline figures, the threshold preview.
+
+``load_base`` returns one ``LoadedModel`` per (reference, device, dtype) for every session and the
+background worker. Nobody mutates it: jobs run ``core.pipeline.run(recipe, store, base=loaded)``,
+which deep-copies before any step, and the pages only read weights or run forward passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from core import models, pipeline
+from core.evaluate import measure_size
+from core.prune import ThresholdPreview
+from core.specs import EvalSpec
+from core.store import ResultStore, default_results_dir
+from ui import modelinfo
+from ui.errors import shown
+from ui.state import Selection
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=3)
+def load_base(ref: str, device: str = "auto", dtype: str = "auto") -> models.LoadedModel:
+    """The model behind ``ref`` in eval mode, loaded once per process; treat it as read-only."""
+    return models.load(ref, device=device, dtype=dtype)
+
+
+def get_base(selection: Selection) -> models.LoadedModel | None:
+    """The selected base model, or None after showing why it could not be loaded."""
+    if not selection.model:
+        st.info("Type a model reference in the sidebar: a Hub id (org/name), a local folder or a .gguf path.")
+        return None
+    with shown(f"Cannot load model {selection.model!r}"):
+        return load_base(selection.model, selection.device, selection.dtype)
+    return None
+
+
+@st.cache_resource(show_spinner="Sorting weight magnitudes...", max_entries=3)
+def threshold_preview(ref: str, device: str = "auto", dtype: str = "auto") -> ThresholdPreview:
+    """Sorted |w| of every block linear layer of the base model: sparsity at any threshold, instantly."""
+    return ThresholdPreview.from_model(load_base(ref, device, dtype).model)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def model_summary(ref: str, device: str = "auto", dtype: str = "auto") -> dict[str, Any]:
+    """Architecture, parameter counts and stored size of the base model."""
+    loaded = load_base(ref, device, dtype)
+    size = measure_size(loaded.model)
+    return {
+        **modelinfo.architecture(loaded.model),
+        "context": loaded.context_length,
+        "params": size.params,
+        "nonzero_params": size.nonzero_params,
+        "size_bytes": size.size_bytes,
+        "bits_per_weight": size.bits_per_weight,
+        "device": str(loaded.device),
+        "dtype": str(loaded.dtype).replace("torch.", ""),
+    }
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def layer_rows(ref: str, device: str = "auto", dtype: str = "auto") -> list[dict[str, Any]]:
+    return modelinfo.layer_rows(load_base(ref, device, dtype).model)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def magnitude_histogram(ref: str, device: str, dtype: str, layer: str) -> tuple[list[float], list[int]]:
+    return modelinfo.magnitude_histogram(load_base(ref, device, dtype).model, layer)
+
+
+@st.cache_data(show_spinner="Measuring the base model...", max_entries=16)
+def baseline_metrics(ref: str, text: str, seqlen: int | None, max_windows: int | None, device: str = "auto",
+                     dtype: str = "auto", latency: bool = False) -> dict[str, Any]:
+    """Perplexity, top-1 accuracy, size (and speed when ``latency``) of the base model, measured once."""
+    loaded = load_base(ref, device, dtype)
+    spec = EvalSpec(text=text, seqlen=seqlen, max_windows=max_windows, latency=latency, compare_to_base=False)
+    measured = pipeline.measure(loaded.model, loaded, spec)
+    return {**measured.row_fields(), **measured.details()}
+
+
+@st.cache_resource
+def store_at(root: str) -> ResultStore:
+    return ResultStore(root)
+
+
+def results_store() -> ResultStore:
+    """The results history (``$SQUEEZELAB_RESULTS_DIR`` or ~/.squeezelab/results), opened once per folder."""
+    return store_at(str(default_results_dir()))
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def recent_models(root: str) -> list[str]:
+    """Distinct model references in the history, most recently used first."""
+    seen: dict[str, None] = {}
+    for row in store_at(root).list():
+        seen.setdefault(row.model, None)
+    return list(seen)
