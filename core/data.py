@@ -148,17 +148,11 @@ def _jsonl_rows(path: Path) -> list[str]:
 def tokenize(tokenizer, text: str) -> torch.Tensor:
     """Tokenize the whole text once, as the papers do (special tokens as the tokenizer adds them).
 
-    Returns a 1-D LongTensor of token ids.
+    Returns a 1-D LongTensor of token ids. Long texts exceed the model's context on purpose: they
+    are windowed afterwards, so the tokenizer's length warning is silenced (``verbose=False``)
+    rather than changing the shared tokenizer.
     """
-    # Long texts exceed the model's context on purpose; they are windowed afterwards.
-    previous = getattr(tokenizer, "model_max_length", None)
-    tokenizer.model_max_length = int(1e12)
-    try:
-        ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
-    finally:
-        if previous is not None:
-            tokenizer.model_max_length = previous
-    return ids.long()
+    return tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][0].long()
 
 
 def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:

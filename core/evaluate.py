@@ -241,6 +241,7 @@ def measure_latency(
     new_tokens: int = 32,
     warmup: int = 1,
     runs: int = 5,
+    cancel: CancelFn | None = None,
 ) -> LatencyMetrics:
     """Prefill time of ``prompt_ids`` [P] and greedy decode speed for ``new_tokens`` at batch 1.
 
@@ -255,7 +256,9 @@ def measure_latency(
         torch.cuda.reset_peak_memory_stats(device)
     prefills, decodes = [], []
     with _PeakRss() as rss:
-        for _ in range(runs):
+        for run in range(runs):
+            if cancel is not None and cancel():
+                raise CancelledError(f"latency measurement cancelled after {run} of {runs} runs")
             prefill_s, decode_s = _time_generation(model, prompt, new_tokens)
             prefills.append(prefill_s)
             decodes.append(decode_s)

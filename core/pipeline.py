@@ -81,7 +81,8 @@ def measure(
             on_progress("latency", 0.0)
         prompt_tokens, new_tokens = fit_to_context(spec.prompt_tokens, spec.new_tokens, loaded.context_length)
         prompt_tokens = min(prompt_tokens, ids.numel())
-        latency = evaluate.measure_latency(model, ids[:prompt_tokens], new_tokens, runs=spec.latency_runs)
+        latency = evaluate.measure_latency(model, ids[:prompt_tokens], new_tokens, runs=spec.latency_runs,
+                                           cancel=cancel)
     return Measurement(quality, evaluate.measure_size(model), latency, spec.text)
 
 

@@ -111,7 +111,11 @@ def apply_prune(model: nn.Module, step: PruneStep, ctx: StepContext) -> dict[str
                                   on_progress=ctx.on_progress, cancel=ctx.cancel)
         report["recovery_losses"] = losses
     model.eval()
-    report.update(kind="prune", label=step.label, step_wall_s=time.perf_counter() - started)
+    label = step.label
+    if isinstance(step.spec, StructuredSpec):  # counts are rounded: say what was really removed
+        removed = 1 - report["params_after"] / report["params_before"]
+        label = f"structured {step.spec.target} -{removed:.1%} params"
+    report.update(kind="prune", label=label, step_wall_s=time.perf_counter() - started)
     return report
 
 

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import streamlit.testing.v1.app_test as app_test_module
 import torch
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 from core.evaluate import measure_size
 from core.specs import EvalSpec, Recipe, Step
 from core.store import ResultStore
+from tests.helpers import corpus_text
 from ui import cache, jobs, results
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -26,23 +25,6 @@ JOB_TIMEOUT_S = 180  # a tiny job takes seconds; the margin is for a busy machin
 TINY_EVAL = EvalSpec(max_windows=2, seqlen=64, latency=False)
 PAGES = ("pages/model.py", "pages/prune.py", "pages/quantize.py", "pages/distill.py", "pages/tradeoffs.py",
          "pages/export.py")
-
-
-@pytest.fixture(autouse=True)
-def navigation_pages_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run every AppTest script through app.py's st.navigation, as a server does.
-
-    A server checks once for a legacy ``pages/`` folder and ``st.navigation`` switches that mode off
-    for the life of the process. AppTest resets the check before every run, so from the second run
-    on it would execute a page file on its own, without app.py and its sidebar.
-    """
-
-    class NavigationOnly(PagesManager):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(app_test_module, "PagesManager", NavigationOnly)
 
 
 @pytest.fixture
@@ -110,6 +92,7 @@ def test_every_page_renders(results_dir: Path) -> None:
         assert not app.exception, f"{page}: {app.exception[0].value if app.exception else ''}"
         assert not app.error, f"{page}: {app.error[0].value}"
         assert expected[page](), page
+        assert app.sidebar.selectbox(key="model").value == "sample:teacher", f"{page} ran without app.py"
 
 
 def test_model_page_measures_the_baseline_and_generates(results_dir: Path) -> None:
@@ -122,6 +105,18 @@ def test_model_page_measures_the_baseline_and_generates(results_dir: Path) -> No
     button(app, "Generate (greedy)").click().run()
     generated = app.code[0].value
     assert generated.startswith(app.text_area(key="model_prompt").value) and len(generated) > len("def read_config")
+
+
+def test_an_uploaded_text_is_what_gets_measured(results_dir: Path) -> None:
+    app = use_student_with_tiny_eval(start())
+    button(app, "Measure the baseline").click().run()
+    on_sample_text = metric(app, "Perplexity")
+    app.selectbox(key="eval_text").select("upload").run()
+    app.file_uploader(key="eval_upload").set_value(("corpus.txt", corpus_text().encode(), "text/plain")).run()
+    button(app, "Measure the baseline").click().run()
+    assert not app.exception and not app.error
+    assert any("Measured on uploaded corpus.txt" in c.value for c in app.caption)
+    assert metric(app, "Perplexity") != on_sample_text
 
 
 def test_threshold_slider_changes_the_previewed_sparsity(results_dir: Path) -> None:

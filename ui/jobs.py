@@ -259,7 +259,7 @@ def _render(job_id: str, job: Job | None) -> None:
 
 
 def _render_running(job: Job) -> None:
-    st.progress(job.fraction, text=f"{job.stage} ({job.fraction:.0%})")
+    st.progress(job.fraction, text=job.stage + (f" ({job.fraction:.0%})" if job.fraction > 0 else ""))
     eta = job.stage_eta_s
     parts = [f"running for {job.elapsed_s:.0f} s"]
     if eta is not None:
@@ -276,11 +276,12 @@ def _render_finished(job: Job) -> None:
         if row is not None:
             result_metrics(row)
     elif job.status == "cancelled":
-        st.warning(f"Cancelled{' after ' + format(job.elapsed_s, '.0f') + ' s' if job.started else ''}"
-                   f"{f' (row {job.result_id} is marked cancelled)' if job.result_id else ''}.")
+        when = f" after {job.elapsed_s:.0f} s" if job.started else " before it started"
+        row = f" Its result row {job.result_id} is marked cancelled." if job.result_id else ""
+        st.warning(f"Cancelled{when}.{row}")
     else:
-        where = f" Row {job.result_id} is marked failed." if job.result_id else ""
-        st.error(f"Failed: {job.error}.{where}")
+        row = f" Its result row {job.result_id} is marked failed." if job.result_id else ""
+        st.error(f"Failed: {(job.error or 'no message').rstrip('.')}.{row}")
 
 
 def _stored_row(job: Job) -> ResultRow | None:
