@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import CAUSAL_FAMILIES, tiny_model_folder
+from tests.helpers import CAUSAL_FAMILIES, corpus_text, tiny_model_folder
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +24,17 @@ def single_thread_torch():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few KB of code-like text, long enough for a handful of short windows."""
+    path = tmp_path_factory.mktemp("text") / "eval.txt"
+    path.write_text(corpus_text(n_words=800, seed=7), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama(tiny_models) -> str:
+    """The tiny Llama-family model folder, as a model reference string."""
+    return str(tiny_models["llama"])

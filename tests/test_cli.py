@@ -16,7 +16,6 @@ import yaml
 import core.pipeline
 from core.cli import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, main
 from core.store import RESULT_FIELDS, ResultStore
-from tests.helpers import corpus_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,18 +26,6 @@ def results_env(tmp_path, monkeypatch) -> Path:
     results = tmp_path / "results"
     monkeypatch.setenv("SQUEEZELAB_RESULTS_DIR", str(results))
     return results
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("cli_text") / "eval.txt"
-    path.write_text(corpus_text(n_words=600, seed=11), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_models) -> str:
-    return str(tiny_models["llama"])
 
 
 def call(argv: list[str]) -> int:

@@ -12,19 +12,6 @@ from core import models, pipeline
 from core.errors import CancelledError, ModelNotFoundError, TextSourceError
 from core.specs import EvalSpec, Recipe
 from core.store import ResultStore
-from tests.helpers import corpus_text
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("pipeline_text") / "eval.txt"
-    path.write_text(corpus_text(n_words=800, seed=7), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_models) -> str:
-    return str(tiny_models["llama"])
 
 
 def _spec(text: Path, **overrides) -> EvalSpec:

@@ -12,13 +12,6 @@ from core.specs import CalibrationSpec, EvalSpec, Recipe, Step
 from core.store import ResultStore
 
 
-@pytest.fixture()
-def text_file(tmp_path):
-    path = tmp_path / "text.txt"
-    path.write_text("\n".join(f"def function_{i}(value):\n    return value * {i} + {i % 7}\n" for i in range(300)))
-    return path
-
-
 def _recipe(model_dir, text_file, *steps: dict) -> Recipe:
     return Recipe(
         model=str(model_dir),
