@@ -19,7 +19,9 @@ import torch
 from core.errors import TextSourceError
 
 SAMPLE_SOURCE = "sample"
+SAMPLE_TRAIN_SOURCE = "sample-train"  # the samples' training text: their calibration default
 WIKITEXT2_SOURCE = "wikitext2"
+WIKITEXT2_VALID_SOURCE = "wikitext2-valid"  # calibration default for other models, disjoint from the test split
 DEFAULT_SOURCE = "default"
 PLAIN_TEXT_SUFFIXES = (".txt", ".raw", ".tokens")  # WikiText ships its splits as .raw / .tokens plain text
 TEXT_SUFFIXES = (*PLAIN_TEXT_SUFFIXES, ".parquet", ".jsonl")
@@ -32,6 +34,10 @@ class Text:
 
     name: str
     text: str
+
+
+KNOWN_SOURCES = (DEFAULT_SOURCE, SAMPLE_SOURCE, SAMPLE_TRAIN_SOURCE, WIKITEXT2_SOURCE, WIKITEXT2_VALID_SOURCE,
+                 "wikitext-2", "wikitext")
 
 
 def shared_data_dir() -> Path | None:
@@ -56,6 +62,12 @@ def load_text(source: str, default: str = WIKITEXT2_SOURCE) -> Text:
         return Text(name, load_text(default, default=WIKITEXT2_SOURCE).text)
     if name == SAMPLE_SOURCE:
         return Text(name, sample_heldout_text())
+    if name == SAMPLE_TRAIN_SOURCE:
+        from sample_models.corpus import train_text
+
+        return Text(name, train_text())
+    if name == WIKITEXT2_VALID_SOURCE:
+        return Text(name, wikitext2_valid_text())
     if name in (WIKITEXT2_SOURCE, "wikitext-2", "wikitext"):
         return Text(WIKITEXT2_SOURCE, wikitext2_test_text())
     return Text(name, read_text_file(Path(name)))
@@ -64,7 +76,7 @@ def load_text(source: str, default: str = WIKITEXT2_SOURCE) -> Text:
 def check_source(source: str) -> None:
     """Refuse, before any work starts, a source that is neither a known name nor a readable file."""
     name = source.strip() if source else DEFAULT_SOURCE
-    if name in (DEFAULT_SOURCE, SAMPLE_SOURCE, WIKITEXT2_SOURCE, "wikitext-2", "wikitext"):
+    if name in KNOWN_SOURCES:
         return
     path = Path(name)
     if not path.is_file():
@@ -101,6 +113,23 @@ def wikitext2_test_text() -> str:
             f"({type(exc).__name__}). Use --text sample or a local .txt/.parquet/.jsonl file instead."
         ) from exc
     return "\n\n".join(rows)
+
+
+def wikitext2_valid_text() -> str:
+    """WikiText-2 validation split (tokenized v1 text), for calibration; local copy or `datasets`."""
+    data_dir = shared_data_dir()
+    if data_dir is not None and (data_dir / "wikitext-2-tokens" / "wiki.valid.tokens").is_file():
+        return (data_dir / "wikitext-2-tokens" / "wiki.valid.tokens").read_text(encoding="utf-8")
+    try:
+        import datasets  # optional: only used when no local copy exists
+
+        rows = datasets.load_dataset("wikitext", "wikitext-2-v1", split="validation")["text"]
+    except Exception as exc:  # ImportError, network errors, missing cache: all mean "not available"
+        raise TextSourceError(
+            "WikiText-2 validation text is not available (no local wikitext-2-tokens/wiki.valid.tokens under "
+            "SQUEEZELAB_DATA_DIR, and the `datasets` loader failed); give a calibration text file instead"
+        ) from exc
+    return "".join(rows)
 
 
 def read_text_file(path: Path) -> str:

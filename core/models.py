@@ -54,8 +54,13 @@ class ModelSource:
 
     @property
     def default_text(self) -> str:
-        """The text source ``default`` means for this model."""
+        """The evaluation text source ``default`` means for this model."""
         return "sample" if self.kind == "sample" else "wikitext2"
+
+    @property
+    def default_calibration_text(self) -> str:
+        """The calibration text source ``default`` means: training-side text, never the evaluation text."""
+        return "sample-train" if self.kind == "sample" else "wikitext2-valid"
 
 
 @dataclass

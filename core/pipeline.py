@@ -107,7 +107,8 @@ def step_context(recipe: Recipe, loaded: models.LoadedModel, on_progress: Progre
     calibration = recipe.calibration
     seqlen = min(calibration.seqlen, loaded.context_length)
     context = steps.StepContext(
-        tokenizer=loaded.tokenizer, default_text=loaded.source.default_text, calibration_text=calibration.text,
+        tokenizer=loaded.tokenizer, default_text=loaded.source.default_calibration_text,
+        calibration_text=calibration.text,
         samples=calibration.samples, seqlen=seqlen, seed=calibration.seed, on_progress=on_progress, cancel=cancel,
     )
     if seqlen < calibration.seqlen:
