@@ -66,23 +66,23 @@ def score_batch(logits: torch.Tensor, batch: torch.Tensor, base_logits: torch.Te
     """Score logits [b, t, v] against next tokens of ``batch`` [b, t]; fp32 math for stability."""
     predicted = logits[:, :-1, :].float()
     targets = batch[:, 1:].to(predicted.device)
-    log_probs = F.log_softmax(predicted, dim=-1)
-    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     top1 = predicted.argmax(dim=-1)
-    agree, kl_sum, base_nll_sum = 0, 0.0, 0.0
-    if base_logits is not None:
-        base_log_probs = F.log_softmax(base_logits[:, :-1, :].float().to(predicted.device), dim=-1)
-        base_nll_sum = float(-base_log_probs.gather(-1, targets.unsqueeze(-1)).double().sum())
-        agree = int((base_log_probs.argmax(dim=-1) == top1).sum())
-        # KL(base || model) summed over positions: sum_v p_base * (log p_base - log p_model)
-        kl_sum = float((base_log_probs.exp() * (base_log_probs - log_probs)).sum())
+    correct, count = int((top1 == targets).sum()), targets.numel()
+    # Fused log-softmax + NLL per token (no [tokens, vocab] log-probabilities kept), summed in float64.
+    nll = F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), targets.reshape(-1), reduction="none")
+    if base_logits is None:
+        return WindowScore(float(nll.double().sum()), 0.0, correct, 0, 0.0, count)
+    log_probs = F.log_softmax(predicted, dim=-1)
+    base_log_probs = F.log_softmax(base_logits[:, :-1, :].float().to(predicted.device), dim=-1)
+    # KL(base || model) summed over positions: sum_v p_base * (log p_base - log p_model)
+    kl_sum = float((base_log_probs.exp() * (base_log_probs - log_probs)).sum())
     return WindowScore(
         nll_sum=float(nll.double().sum()),
-        base_nll_sum=base_nll_sum,
-        correct=int((top1 == targets).sum()),
-        agree=agree,
+        base_nll_sum=float(-base_log_probs.gather(-1, targets.unsqueeze(-1)).double().sum()),
+        correct=correct,
+        agree=int((base_log_probs.argmax(dim=-1) == top1).sum()),
         kl_sum=kl_sum,
-        count=targets.numel(),
+        count=count,
     )
 
 
