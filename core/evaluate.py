@@ -64,14 +64,17 @@ def _logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 def score_batch(logits: torch.Tensor, batch: torch.Tensor, base_logits: torch.Tensor | None = None) -> WindowScore:
     """Score logits [b, t, v] against next tokens of ``batch`` [b, t]; fp32 math for stability."""
-    predicted = logits[:, :-1, :].float()
-    targets = batch[:, 1:].to(predicted.device)
-    top1 = predicted.argmax(dim=-1)
+    targets = batch[:, 1:].to(logits.device)
+    top1 = logits.argmax(dim=-1)[:, :-1]
     correct, count = int((top1 == targets).sum()), targets.numel()
-    # Fused log-softmax + NLL per token (no [tokens, vocab] log-probabilities kept), summed in float64.
-    nll = F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), targets.reshape(-1), reduction="none")
+    # Fused log-softmax + NLL per token on the logits as they are (a view, no shifted copy of the
+    # [tokens, vocab] tensor): the last position of each window has no next token and is ignored.
+    shifted = torch.full_like(batch, -100, device=logits.device)
+    shifted[:, :-1] = targets
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), reduction="none")
     if base_logits is None:
         return WindowScore(float(nll.double().sum()), 0.0, correct, 0, 0.0, count)
+    predicted = logits[:, :-1, :].float()
     log_probs = F.log_softmax(predicted, dim=-1)
     base_log_probs = F.log_softmax(base_logits[:, :-1, :].float().to(predicted.device), dim=-1)
     # KL(base || model) summed over positions: sum_v p_base * (log p_base - log p_model)
