@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+import transformers
 
 from core import models, pipeline
 from core.evaluate import evaluate_quality
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     ref = smollm2_gguf() if args.model == "smollm2" else args.model
     loaded = models.load(ref, device="cpu")

@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+import transformers
 
 from bench.eval_vs_plain import smollm2_gguf
 from core import models
@@ -27,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2", help="a model reference, or 'smollm2'")
     args = parser.parse_args()
+    transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(2)
     loaded = models.load(smollm2_gguf() if args.model == "smollm2" else args.model, device="cpu")
     started = time.perf_counter()
