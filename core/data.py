@@ -96,40 +96,39 @@ def sample_heldout_text() -> str:
 
 
 def wikitext2_test_text() -> str:
-    """WikiText-2 raw test rows joined with "\\n\\n", from local data or the `datasets` loader."""
-    data_dir = shared_data_dir()
-    if data_dir is not None:
-        parquet = data_dir / "wikitext-2-raw" / "test-00000-of-00001.parquet"
-        if parquet.is_file():
-            return "\n\n".join(_parquet_rows(parquet))
-    try:
-        import datasets  # optional: only used when no local copy exists
-
-        rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
-    except Exception as exc:  # ImportError, network errors, missing cache: all mean "not available"
-        raise TextSourceError(
-            "WikiText-2 is not available: no local copy was found (set SQUEEZELAB_DATA_DIR to a folder "
-            "holding wikitext-2-raw/test-00000-of-00001.parquet) and the `datasets` loader failed "
-            f"({type(exc).__name__}). Use --text sample or a local .txt/.parquet/.jsonl file instead."
-        ) from exc
-    return "\n\n".join(rows)
+    """WikiText-2 raw test rows joined with "\n\n", from local data or the `datasets` loader."""
+    local = _shared_file("wikitext-2-raw", "test-00000-of-00001.parquet")
+    if local is not None:
+        return "\n\n".join(_parquet_rows(local))
+    return "\n\n".join(_datasets_rows("wikitext-2-raw-v1", "test", "wikitext-2-raw/test-00000-of-00001.parquet"))
 
 
 def wikitext2_valid_text() -> str:
     """WikiText-2 validation split (tokenized v1 text), for calibration; local copy or `datasets`."""
+    local = _shared_file("wikitext-2-tokens", "wiki.valid.tokens")
+    if local is not None:
+        return local.read_text(encoding="utf-8")
+    return "".join(_datasets_rows("wikitext-2-v1", "validation", "wikitext-2-tokens/wiki.valid.tokens"))
+
+
+def _shared_file(*parts: str) -> Path | None:
     data_dir = shared_data_dir()
-    if data_dir is not None and (data_dir / "wikitext-2-tokens" / "wiki.valid.tokens").is_file():
-        return (data_dir / "wikitext-2-tokens" / "wiki.valid.tokens").read_text(encoding="utf-8")
+    path = data_dir.joinpath(*parts) if data_dir is not None else None
+    return path if path is not None and path.is_file() else None
+
+
+def _datasets_rows(config: str, split: str, local_name: str) -> list[str]:
+    """Rows of a WikiText split through the `datasets` loader, or a TextSourceError saying what to do."""
     try:
         import datasets  # optional: only used when no local copy exists
 
-        rows = datasets.load_dataset("wikitext", "wikitext-2-v1", split="validation")["text"]
+        return list(datasets.load_dataset("wikitext", config, split=split)["text"])
     except Exception as exc:  # ImportError, network errors, missing cache: all mean "not available"
         raise TextSourceError(
-            "WikiText-2 validation text is not available (no local wikitext-2-tokens/wiki.valid.tokens under "
-            "SQUEEZELAB_DATA_DIR, and the `datasets` loader failed); give a calibration text file instead"
+            f"WikiText-2 ({split}) is not available: no local copy was found (set SQUEEZELAB_DATA_DIR to a "
+            f"folder holding {local_name}) and the `datasets` loader failed ({type(exc).__name__}). "
+            "Use --text sample or a local .txt/.parquet/.jsonl file instead."
         ) from exc
-    return "".join(rows)
 
 
 def read_text_file(path: Path) -> str:
