@@ -164,6 +164,7 @@ def measure_size(model: torch.nn.Module) -> SizeMetrics:
     params = sum(t.numel() for t in floating) + sum(int(m.logical_params) for m in packed)
     nonzero = sum(int(torch.count_nonzero(t)) for t in floating) + sum(int(m.logical_nonzero) for m in packed)
     stored = sum(t.numel() * t.element_size() for t in tensors.values())
+    stored += sum(int(getattr(m, "opaque_bytes", 0)) for m in packed)  # weights a kernel keeps outside tensors
     return SizeMetrics(
         params=params,
         nonzero_params=nonzero,

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import transformers
 
 from core import data, evaluate, models, steps
 from core.evaluate import CancelFn, ProgressFn
+from core.quantize import kernel_summary
 from core.specs import EvalSpec, Recipe
 from core.store import ResultRow, ResultStore
 
@@ -95,7 +98,13 @@ def fit_to_context(prompt_tokens: int, new_tokens: int, context_length: int) -> 
 
 
 def kernel_label(model: torch.nn.Module, size: evaluate.SizeMetrics) -> str:
-    """What runs the matmuls, e.g. 'dense float32 (torch cpu)' or 'dense float32 with zeros (torch cpu)'."""
+    """What runs the matmuls, e.g. 'dense float32 (torch cpu)' or 'dense float32 with zeros (torch cpu)'.
+
+    A quantized model names the kernels of its quantized layers, e.g. '4-bit int4_weight_only x210 (torch cpu)'.
+    """
+    quantized = kernel_summary(model)
+    if quantized is not None:
+        return quantized
     parameter = next(model.parameters())
     zeros = " with zeros" if size.nonzero_params < 0.99 * size.params else ""
     return f"dense {str(parameter.dtype).replace('torch.', '')}{zeros} (torch {parameter.device.type})"
@@ -122,11 +131,13 @@ def run(
     base: models.LoadedModel | None = None,
     on_progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> ResultRow:
     """Run a recipe end to end, record it in ``store`` and return its result row.
 
     ``base`` lets a caller that already holds the loaded model (the app's cache) skip loading; it is
-    never modified: steps run on a deep copy.
+    never modified: steps run on a deep copy, and a distill step uses it as its (frozen) teacher.
+    ``on_step`` receives every training step's record (loss terms, learning rate, perplexity) live.
     """
     # What can be checked without loading fails before any row is written.
     models.resolve(recipe.model)
@@ -140,7 +151,11 @@ def run(
         loaded = base or models.load(recipe.model, device=recipe.device, dtype=recipe.dtype)
         model = models.clone(loaded.model) if recipe.steps else loaded.model
         context = step_context(recipe, loaded, on_progress, cancel)
-        reports = [steps.apply_step(model, step.parsed, context) for step in recipe.steps]
+        context.teacher, context.on_step = loaded.model, on_step
+        reports = []
+        for step in recipe.steps:
+            reports.append(steps.apply_step(model, step.parsed, context))
+            model = context.take_model(model)  # a distill step may hand over another (student) model
         reference = loaded.model if recipe.steps and recipe.evaluation.compare_to_base else None
         measured = measure(model, loaded, recipe.evaluation, base=reference, on_progress=on_progress, cancel=cancel)
         base_perplexity = measured.quality.perplexity if not recipe.steps else measured.quality.base_perplexity

@@ -16,28 +16,28 @@ import copy
 import math
 import re
 import time
-import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from core.calibrate import (
     HessianAccumulator,
     check_calibration,
-    model_device,
+    drop_dead_inputs_,
+    inverse_hessian_factor,
     reconstruction_error,
     sequential_walk,
 )
-from core.errors import CancelledError, SpecError
+from core.errors import SpecError
 from core.evaluate import CancelFn, ProgressFn
 from core.layers import block_linear_layers, weight_matrix
+from core.params import checked_params, require
 
 __all__ = [
-    "HessianAccumulator", "LayerReport", "PruneReport", "PruneSpec", "ThresholdPreview", "finetune_masked_",
+    "HessianAccumulator", "LayerReport", "PruneReport", "PruneSpec",
     "nm_mask", "parse_pattern", "prune", "prune_", "reconstruction_error", "row_mask", "sparsegpt_prune",
     "threshold_mask", "unstructured_mask", "wanda_scores",
 ]
@@ -46,15 +46,16 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 SCOPES = ("per-matrix", "global")
 UNSTRUCTURED = "unstructured"
 _NM_PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+# Magnitude and Wanda use X^T X only for the reported output errors, so they fold in this many
+# calibration tokens rather than all of them (computing it costs as much as the layer's forward).
+REPORT_HESSIAN_TOKENS = 2048
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise SpecError(message)
+_require = require
 
 
 def parse_pattern(pattern: str) -> tuple[int, int] | None:
@@ -148,19 +149,16 @@ class PruneSpec:
     @classmethod
     def from_dict(cls, params: Mapping) -> PruneSpec:
         """Build from a recipe's ``prune:`` mapping, e.g. ``{method: wanda, sparsity: 0.5}``; unknown keys refused."""
-        _require(isinstance(params, Mapping), f"prune parameters must be a mapping, got {params!r}")
-        allowed = [f.name for f in fields(cls)]
-        unknown = sorted(set(params) - set(allowed), key=str)
-        _require(not unknown,
-                 f"unknown prune parameter(s) {', '.join(map(str, unknown))}; allowed: {', '.join(allowed)}")
-        _require("method" in params, f"a prune step needs a method: one of {', '.join(METHODS)}")
-        return cls(**params)
+        values = checked_params(cls, params, "prune")
+        _require("method" in values, f"a prune step needs a method: one of {', '.join(METHODS)}")
+        return cls(**values)
 
 
 # ---- masks and scores: pure functions on tensors. A keep-mask is True where the weight stays. ----
 
 
-def _count(fraction: float, total: int) -> int:
+def fraction_count(fraction: float, total: int) -> int:
+    """round(fraction * total): how many of ``total`` a fraction means."""
     return int(round(fraction * total))
 
 
@@ -171,12 +169,12 @@ def threshold_mask(weight: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Keep-mask, shape of ``scores``: drops exactly round(sparsity * numel) lowest scores of the whole tensor."""
-    return _drop_lowest(scores.reshape(1, -1), _count(sparsity, scores.numel())).reshape(scores.shape)
+    return _drop_lowest(scores.reshape(1, -1), fraction_count(sparsity, scores.numel())).reshape(scores.shape)
 
 
 def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Keep-mask for ``scores`` [out, in]: drops exactly round(sparsity * in) lowest scores in every row."""
-    return _drop_lowest(scores, _count(sparsity, scores.shape[1]))
+    return _drop_lowest(scores, fraction_count(sparsity, scores.shape[1]))
 
 
 def _drop_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
@@ -210,25 +208,6 @@ def wanda_scores(weight: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
 # ---- SparseGPT ----
 
 
-def _inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, attempts: int = 5) -> torch.Tensor:
-    """Upper Cholesky factor U of (H + damp*I)^-1, so that U^T U = (H + damp*I)^-1; more damping if needed."""
-    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
-    mean_diag, damp = torch.diagonal(hessian).mean(), percdamp
-    for attempt in range(attempts):
-        tried = damp
-        lower, info = torch.linalg.cholesky_ex(hessian + damp * mean_diag * eye)
-        if int(info) == 0:
-            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
-            if int(info) == 0:
-                if attempt:
-                    warnings.warn(f"SparseGPT: the Hessian was not positive definite with percdamp={percdamp:g}; "
-                                  f"solved with percdamp={damp:g} instead (more calibration data helps)", stacklevel=3)
-                return upper
-        damp = max(10 * damp, 0.01)
-    raise ValueError(f"SparseGPT: the Hessian is not positive definite even with percdamp={tried:g}; "
-                     "the calibration activations may hold NaN or inf")
-
-
 def sparsegpt_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -253,14 +232,13 @@ def sparsegpt_prune(
     if n:
         nm_mask(w[:1], n, m)  # refuses a width that is not a multiple of m
         blocksize = max(m, blocksize // m * m)  # groups never straddle two blocks
-    dead = torch.nonzero(torch.diagonal(h) == 0).squeeze(1)  # inputs that were always zero
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    u = _inverse_hessian_factor(h, percdamp)
+    drop_dead_inputs_(w, h)
+    u = inverse_hessian_factor(h, percdamp, "SparseGPT")
     pruned = torch.zeros_like(w, dtype=torch.bool)
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
-        quota = _count(sparsity, rows * end) - _count(sparsity, rows * start)  # totals add up to exact sparsity
+        # per-block quotas whose totals add up to the exact overall sparsity
+        quota = fraction_count(sparsity, rows * end) - fraction_count(sparsity, rows * start)
         errors = _prune_block(w, u, pruned, start, end, quota, n, m)
         w[:, end:] -= errors @ u[start:end, end:]  # lazy update of every later column at once
     return w.to(weight.dtype), ~pruned
@@ -287,62 +265,21 @@ def _prune_block(w, u, pruned, start: int, end: int, quota: int, n: int, m: int)
     return errors
 
 
-# ---- threshold preview for a live slider ----
-
-
-class ThresholdPreview:
-    """Sorted |w| of each selected layer (float32, CPU), so sparsity at any threshold is a binary search."""
-
-    def __init__(self, sorted_magnitudes: dict[str, torch.Tensor]) -> None:
-        self.sorted = sorted_magnitudes
-        self.total = sum(values.numel() for values in sorted_magnitudes.values())
-
-    @classmethod
-    @torch.no_grad()
-    def from_model(cls, model: nn.Module, include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = ()):
-        """Read every selected block linear layer once (see ``core.layers.block_linear_layers``)."""
-        layers = _selected_layers(model, include, exclude)
-        return cls({name: torch.sort(weight_matrix(layer).detach().abs().float().flatten().cpu()).values
-                    for name, layer in layers})
-
-    def sparsity_at(self, threshold: float) -> tuple[float, dict[str, float]]:
-        """(overall, per layer) fraction of weights with |w| < threshold: what ``threshold_mask`` would zero."""
-        probe = torch.tensor([threshold], dtype=torch.float32)
-        below = {name: int(torch.searchsorted(values, probe)) for name, values in self.sorted.items()}
-        per_layer = {name: count / self.sorted[name].numel() for name, count in below.items()}
-        return sum(below.values()) / max(self.total, 1), per_layer
-
-    def threshold_for(self, sparsity: float) -> float:
-        """The smallest |w| with round(sparsity * total) weights below it (the global quantile; ties shift it).
-
-        Bisects float32 bit patterns, which order like the values for |w| >= 0: ~31 rounds of searchsorted.
-        """
-        _require(0 <= sparsity < 1, f"sparsity must be in [0, 1), got {sparsity!r}")
-        rank = _count(sparsity, self.total) + 1  # the answer is the rank-th smallest |w|
-        low, high = 0, _float_bits(max(float(values[-1]) for values in self.sorted.values()))
-        while low < high:
-            middle = (low + high) // 2
-            probe = torch.tensor([middle], dtype=torch.int32).view(torch.float32)
-            at_most = sum(int(torch.searchsorted(values, probe, right=True)) for values in self.sorted.values())
-            low, high = (low, middle) if at_most >= rank else (middle + 1, high)
-        return float(torch.tensor([low], dtype=torch.int32).view(torch.float32))
-
-
-def _float_bits(value: float) -> int:
-    return int(torch.tensor([value], dtype=torch.float32).view(torch.int32))
-
-
 # ---- the layer walk ----
 
 
 @dataclass(frozen=True)
 class LayerReport:
-    """One pruned matrix: its shape [out, in], fraction of zeros, and relative output error (None: no data)."""
+    """One pruned matrix: its shape [out, in], fraction of zeros, and relative output error (None: no data).
+
+    ``error_tokens`` is how many calibration tokens the error was measured on.
+    """
 
     name: str
     shape: tuple[int, int]
     sparsity: float
     rel_error: float | None
+    error_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -363,7 +300,7 @@ def _global_masks(layers: list[tuple[str, nn.Module]], sparsity: float) -> dict[
     """Keep-masks dropping exactly round(sparsity * total) smallest |w| across all layers."""
     magnitudes = {name: weight_matrix(layer).detach().abs().float().contiguous() for name, layer in layers}
     flat = torch.cat([values.flatten() for values in magnitudes.values()])
-    count = _count(sparsity, flat.numel())
+    count = fraction_count(sparsity, flat.numel())
     cut = flat.kthvalue(count).values if count else flat.new_tensor(-1.0)
     ties = count - int((flat < cut).sum())  # weights equal to the cut that must go too, taken in layer order
     masks = {}
@@ -395,8 +332,10 @@ def _solve_layer(spec: PruneSpec, masks: dict, name: str, layer: nn.Module, stat
     else:
         new = old * (masks[name] if name in masks else _keep_mask(spec, old, stats))
     weight.copy_(new)
-    error = reconstruction_error(old, new, stats.hessian) if stats is not None else None
-    return LayerReport(name, tuple(weight.shape), float((weight == 0).sum()) / weight.numel(), error)
+    measured = stats is not None and stats.hessian_tokens > 0
+    error = reconstruction_error(old, new, stats.hessian) if measured else None
+    return LayerReport(name, tuple(weight.shape), float((weight == 0).sum()) / weight.numel(), error,
+                       stats.hessian_tokens if measured else 0)
 
 
 @torch.no_grad()
@@ -414,20 +353,22 @@ def prune_(
     A cancel leaves the model partially pruned: callers work on a copy (``prune`` makes one).
     """
     started = time.perf_counter()
-    layers = _selected_layers(model, spec.include, spec.exclude)
+    layers = selected_layers(model, spec.include, spec.exclude)
     if spec.method != "magnitude" and calibration is None:
         raise SpecError(f"{spec.method} needs calibration text: token ids [samples, seqlen] whose activations "
                         "rank the weights (a recipe's calibration: section); or use method magnitude, which needs none")
     calibration = check_calibration(calibration) if calibration is not None else None
     masks = _global_masks(layers, spec.sparsity) if spec.scope == "global" and spec.threshold is None else {}
     reports = sequential_walk(model, calibration, partial(_solve_layer, spec, masks), spec.include, spec.exclude,
-                              stage=f"prune ({spec.method})", on_progress=on_progress, cancel=cancel)
+                              stage=f"prune ({spec.method})",
+                              max_hessian_tokens=None if spec.method == "sparsegpt" else REPORT_HESSIAN_TOKENS,
+                              on_progress=on_progress, cancel=cancel)
     total = sum(math.prod(r.shape) for r in reports)
     zeros = sum(round(r.sparsity * math.prod(r.shape)) for r in reports)
     return PruneReport(spec.method, spec.pattern, zeros / total, reports, time.perf_counter() - started)
 
 
-def _selected_layers(model: nn.Module, include: tuple[str, ...], exclude: tuple[str, ...]) -> list:
+def selected_layers(model: nn.Module, include: tuple[str, ...], exclude: tuple[str, ...]) -> list:
     layers = block_linear_layers(model, include, exclude)
     examples = ", ".join(name for name, _ in block_linear_layers(model)[:3])
     _require(bool(layers), f"no linear layer in the decoder blocks matches include={list(include)} "
@@ -440,50 +381,3 @@ def prune(model: nn.Module, spec: PruneSpec, calibration: torch.Tensor | None = 
     """Like ``prune_`` on a deep copy: returns (pruned copy, report); ``model`` is left as it was."""
     pruned = copy.deepcopy(model)
     return pruned, prune_(pruned, spec, calibration, on_progress, cancel)
-
-
-# ---- recovery fine-tune with the sparsity pattern held fixed ----
-
-
-def finetune_masked_(
-    model: nn.Module,
-    batches: torch.Tensor,
-    steps: int,
-    lr: float,
-    batch_size: int = 8,
-    on_progress: ProgressFn | None = None,
-    cancel: CancelFn | None = None,
-) -> list[float]:
-    """AdamW on next-token loss over ``batches`` [n, seqlen] (``batch_size`` rows a step, cycling); in place.
-
-    Zeros of the decoder blocks' linear weights stay zero: their gradients are masked and the mask is
-    re-applied after every step. Returns the training loss of each step. ``cancel()`` is asked before
-    each step and raises ``CancelledError`` (the model keeps the steps done, zeros intact).
-    """
-    masks = [(layer.weight, layer.weight.detach() != 0) for _, layer in block_linear_layers(model)]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    device, was_training, losses = model_device(model), model.training, []
-    model.train()
-    try:
-        for step in range(steps):
-            if cancel is not None and cancel():
-                raise CancelledError(f"fine-tuning stopped after {step} of {steps} steps; pruned weights stay zero")
-            rows = torch.arange(step * batch_size, (step + 1) * batch_size) % batches.shape[0]
-            batch = batches[rows].to(device)
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            with torch.no_grad():
-                for weight, keep in masks:
-                    if weight.grad is not None:
-                        weight.grad.mul_(keep)
-                optimizer.step()
-                for weight, keep in masks:
-                    weight.mul_(keep)
-            losses.append(float(loss.detach()))
-            if on_progress is not None:
-                on_progress("fine-tune", (step + 1) / steps)
-    finally:
-        model.train(was_training)
-    return losses

@@ -3,6 +3,9 @@
 A ``prune`` step takes the parameters of ``core.prune.PruneSpec`` (magnitude / wanda / sparsegpt)
 or, with ``method: structured``, of ``core.structured.StructuredSpec``; either may add
 ``recovery_steps`` / ``recovery_lr`` for a short fine-tune afterwards with the zeros held fixed.
+A ``distill`` step takes the parameters of ``core.distill.DistillSpec``; its teacher is the recipe's
+base model (``ctx.teacher``) unless it names another, and a model-reference student replaces the
+model for the steps after it (``ctx.take_model``).
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ import torch
 from torch import nn
 
 from core import data
+from core.distill import DistillSpec
+from core.distill import run_step as run_distill
 from core.errors import SpecError
 from core.evaluate import CancelFn, ProgressFn
-from core.prune import PruneSpec, finetune_masked_, prune_
+from core.prune import PruneSpec, prune_
+from core.quantize import QuantizeSpec, quantize_
+from core.recovery import finetune_masked_
 from core.structured import StructuredSpec, prune_structured_
 
 RECOVERY_KEYS = ("recovery_steps", "recovery_lr")
@@ -78,6 +85,15 @@ class StepContext:
     on_progress: ProgressFn | None = None
     cancel: CancelFn | None = None
     notes: list[str] = field(default_factory=list)
+    teacher: nn.Module | None = None  # the recipe's base model, untouched by every step (read-only)
+    on_step: Callable[[dict[str, Any]], None] | None = None  # per-step training records (distill)
+    handed_over: nn.Module | None = None  # a step that trained another model than the one it was given
+
+    def take_model(self, current: nn.Module) -> nn.Module:
+        """The model the next step works on: the one a step handed over, else ``current``."""
+        model = self.handed_over if self.handed_over is not None else current
+        self.handed_over = None
+        return model
 
     @cached_property
     def calibration(self) -> torch.Tensor:
@@ -87,7 +103,9 @@ class StepContext:
         return data.calibration_batches(ids, self.samples, self.seqlen, self.seed)
 
 
-PARSERS: dict[str, Callable[[dict[str, Any]], Any]] = {"prune": PruneStep.from_params}
+PARSERS: dict[str, Callable[[dict[str, Any]], Any]] = {"prune": PruneStep.from_params,
+                                                        "quantize": QuantizeSpec.from_dict,
+                                                        "distill": DistillSpec.from_dict}
 
 
 def parse_step(kind: str, params: dict[str, Any]) -> Any:
@@ -119,7 +137,45 @@ def apply_prune(model: nn.Module, step: PruneStep, ctx: StepContext) -> dict[str
     return report
 
 
-APPLIERS: dict[type, Callable[[nn.Module, Any, StepContext], dict[str, Any]]] = {PruneStep: apply_prune}
+def apply_distill(model: nn.Module, spec: DistillSpec, ctx: StepContext) -> dict[str, Any]:
+    """Distil into ``model`` in place, or into a loaded student that ``ctx.take_model`` hands on."""
+    started = time.perf_counter()
+    student, report = run_distill(model, spec, ctx.teacher, ctx.tokenizer, ctx.default_text,
+                                  on_progress=ctx.on_progress, cancel=ctx.cancel, on_step=ctx.on_step)
+    if student is not model:
+        ctx.handed_over = student
+    student.eval()
+    report["step_wall_s"] = time.perf_counter() - started
+    return report
+
+
+def quantize_label(spec: QuantizeSpec) -> str:
+    """Short description for charts and tables, e.g. 'gptq w4 g64 asym' or 'int8 dynamic'."""
+    if spec.method in ("fp16", "bf16"):
+        return spec.method
+    if spec.method == "int8_dynamic":
+        return "int8 dynamic (w8a8 per-token)" + (" gptq" if spec.rounding == "gptq" else "")
+    group = f"g{spec.group_size}" if spec.group_size else "per-channel"
+    mixed = f" +{len(spec.overrides)} overrides" if spec.overrides else ""
+    return f"{spec.method} w{spec.bits} {group} {'sym' if spec.symmetric else 'asym'}{mixed}"
+
+
+def apply_quantize(model: nn.Module, spec: QuantizeSpec, ctx: StepContext) -> dict[str, Any]:
+    """Quantize ``model`` in place (the pipeline's own copy); returns the step's report."""
+    started = time.perf_counter()
+    calibration = ctx.calibration if spec.uses_gptq else None
+    report = quantize_(model, spec, calibration, ctx.on_progress, ctx.cancel).as_dict()
+    ctx.notes.extend(report["notes"][:5])
+    if len(report["notes"]) > 5:
+        ctx.notes.append(f"... and {len(report['notes']) - 5} more kernel fallbacks (see the step report)")
+    model.eval()
+    report.update(kind="quantize", label=quantize_label(spec), step_wall_s=time.perf_counter() - started)
+    return report
+
+
+APPLIERS: dict[type, Callable[[nn.Module, Any, StepContext], dict[str, Any]]] = {PruneStep: apply_prune,
+                                                                                 QuantizeSpec: apply_quantize,
+                                                                                 DistillSpec: apply_distill}
 
 
 def apply_step(model: nn.Module, step: Any, ctx: StepContext) -> dict[str, Any]:

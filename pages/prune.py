@@ -2,10 +2,8 @@
 
 import streamlit as st
 
-from core.specs import CalibrationSpec, Recipe, Step
 from core.structured import removal_count
-from ui import cache, charts, jobs, modelinfo, navigation, sources, state
-from ui.errors import shown
+from ui import cache, charts, forms, modelinfo, navigation, state
 
 navigation.inside_app()
 
@@ -18,7 +16,7 @@ METHODS = {
 PATTERNS = {"unstructured": "unstructured", "2:4": "2:4 (keep 2 of every 4)", "4:8": "4:8 (keep 4 of every 8)"}
 TARGETS = {"mlp_channels": "MLP channels", "heads": "attention heads (KV groups)", "layers": "decoder blocks"}
 IMPORTANCE = {"weight_norm": "weight norms (no data)", "activation_norm": "activation norms (calibration)"}
-SESSION = {"persist_state": "session"}  # page settings survive a visit to another page
+SESSION = forms.SESSION
 
 selection = state.selection()
 st.title("Prune")
@@ -71,16 +69,6 @@ def amount_params(method: str) -> dict:
     return params
 
 
-def calibration_spec() -> CalibrationSpec:
-    choices = sources.calibration_text_choices(selection.text, selection.text_label)
-    left, mid, right = st.columns([2, 1, 1])
-    text = left.selectbox("Calibration text", list(choices), format_func=choices.get, key="prune_calib_text", **SESSION)
-    samples = mid.number_input("Samples", 1, 1024, 64, key="prune_calib_samples", **SESSION)
-    longest = loaded.context_length
-    seqlen = right.number_input("Tokens each", 8, longest, min(512, longest), key="prune_calib_seqlen", **SESSION)
-    return CalibrationSpec(text=text, samples=int(samples), seqlen=int(seqlen), seed=0)
-
-
 method = st.selectbox("Method", list(METHODS), format_func=METHODS.get, key="prune_method", **SESSION)
 params = {"method": method, **amount_params(method)}
 recovery = st.number_input("Recovery fine-tune steps (0 = none)", 0, 5000, 0, 10, key="prune_recovery", **SESSION,
@@ -90,24 +78,5 @@ if recovery:
     params["recovery_lr"] = st.select_slider("Recovery learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], 1e-4,
                                              key="prune_recovery_lr", format_func=lambda v: f"{v:g}", **SESSION)
 
-recipe = None
-with shown("These settings cannot run"):
-    step = Step("prune", params)
-    calibration = CalibrationSpec()
-    if step.parsed.needs_calibration:
-        st.markdown("**Calibration**")
-        calibration = calibration_spec()
-    evaluation, note = selection.eval_spec(loaded.context_length)
-    if note:
-        st.warning(note)
-    recipe = Recipe(model=selection.model, steps=(step,), calibration=calibration, evaluation=evaluation,
-                    device=selection.recipe_device, dtype=selection.recipe_dtype)
-
-if recipe is not None:
-    st.caption(f"Evaluated on {selection.protocol(loaded.context_length)}"
-               f"{', with speed' if recipe.evaluation.latency else ''} (sidebar settings).")
-    with st.expander("Recipe"):
-        st.code(recipe.to_yaml(), language="yaml")
-if st.button("Run", type="primary", disabled=recipe is None):
-    state.remember_job(jobs.submit(recipe, loaded))
-jobs.job_panel()
+recipe = forms.one_step_recipe(selection, loaded, "prune", params, lambda step: step.needs_calibration)
+forms.recipe_and_run(recipe, loaded, selection)

@@ -75,10 +75,15 @@ def compare(frame: pd.DataFrame, rows: dict[str, ResultRow]) -> None:
     layers = {names[i]: results.layer_frame(rows[i]) for i in dict.fromkeys((a, b))}
     layers = {name: layer for name, layer in layers.items() if layer is not None}
     if not layers:
-        st.caption("Neither result has a per-layer report (unstructured pruning steps write one).")
+        st.caption("Neither result has a per-layer report (unstructured pruning and quantization steps write one).")
         return
     left, right = st.columns(2)
-    left.plotly_chart(charts.compare_layer_bars(layers, "sparsity", "Zeros per layer", True))
+    pruned = {name: layer for name, layer in layers.items() if layer["sparsity"].notna().any()}
+    quantized = {name: layer for name, layer in layers.items() if layer["sqnr_db"].notna().any()}
+    if pruned:
+        left.plotly_chart(charts.compare_layer_bars(pruned, "sparsity", "Zeros per layer", True))
+    if quantized:
+        left.plotly_chart(charts.compare_layer_bars(quantized, "sqnr_db", "Weight SQNR per layer (dB)", False))
     errors = {name: layer for name, layer in layers.items() if layer["rel_error"].notna().any()}
     if errors:
         right.plotly_chart(charts.compare_layer_bars(errors, "rel_error", "Relative output error per layer", False))

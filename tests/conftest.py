@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import CAUSAL_FAMILIES, corpus_text, tiny_model_folder
+from tests.helpers import CAUSAL_FAMILIES, corpus_text, tiny_causal_lm, tiny_model_folder, tiny_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +38,10 @@ def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def llama(tiny_models) -> str:
     """The tiny Llama-family model folder, as a model reference string."""
     return str(tiny_models["llama"])
+
+
+@pytest.fixture(scope="session")
+def tiny() -> dict[str, torch.nn.Module]:
+    """One tiny random model per family, in memory, shared read-only (tests compress copies)."""
+    tokenizer = tiny_tokenizer()
+    return {family: tiny_causal_lm(family, tokenizer) for family in CAUSAL_FAMILIES}

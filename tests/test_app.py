@@ -82,8 +82,8 @@ def test_every_page_renders(results_dir: Path) -> None:
     expected = {
         "pages/model.py": lambda: metric(app, "Context") == "256 tokens",
         "pages/prune.py": lambda: app.selectbox(key="prune_method").value == "magnitude",
-        "pages/quantize.py": lambda: "not part of this version" in app.info[0].value,
-        "pages/distill.py": lambda: "not part of this version" in app.info[0].value,
+        "pages/quantize.py": lambda: app.selectbox(key="quant_method").value == "rtn",
+        "pages/distill.py": lambda: app.radio(key="distill_student").value == "model",
         "pages/tradeoffs.py": lambda: "No finished results yet" in app.info[0].value,
         "pages/export.py": lambda: "not part of this version" in app.info[0].value,
     }
@@ -165,6 +165,30 @@ def test_a_magnitude_job_finishes_and_shows_on_tradeoffs(results_dir: Path) -> N
     assert app.code and "method: magnitude" in app.code[0].value  # the recipe behind the newest result
 
 
+def test_a_gptq_job_packs_the_weights_and_names_its_kernel(results_dir: Path) -> None:
+    app = use_student_with_tiny_eval(start()).switch_page("pages/quantize.py").run()
+    app.selectbox(key="quant_method").select("gptq").run()
+    app.slider(key="quant_bits").set_value(4)
+    app.selectbox(key="quant_group").select(32)
+    app.checkbox(key="quant_symmetric").uncheck()
+    app.number_input(key="quantize_calib_samples").set_value(4)
+    app.number_input(key="quantize_calib_seqlen").set_value(64)
+    button(app.run(), "Run").click().run()
+    assert not app.exception and not app.error
+    job = finished(app.query_params["job"])
+    assert job.status == "done", job.error
+    row = ResultStore(results_dir).get(job.result_id)
+    dense = measure_size(cache.load_base("sample:student").model)
+    assert row.status == "ok" and "int4_weight_only" in row.kernel
+    assert row.size_bytes < 0.6 * dense.size_bytes and row.params == dense.params  # the fp32 embedding stays
+    step = row.details["steps"][0]
+    assert step["kind"] == "quantize" and step["label"] == "gptq w4 g32 asym"
+    assert all(layer["rel_error"] is not None and layer["sqnr_db"] > 10 for layer in step["layers"])
+
+    app.switch_page("pages/tradeoffs.py").run()
+    assert not app.exception and job.result_id in set(app.dataframe[0].value["id"])
+
+
 def test_a_bad_model_reference_shows_an_error(results_dir: Path) -> None:
     app = start()
     app.selectbox(key="model").select("__other__").run()
@@ -192,6 +216,38 @@ def test_a_cancelled_job_stops_and_says_so(results_dir: Path) -> None:
     job = finished(job_id)
     assert job.status == "cancelled"
     assert all(row.status == "cancelled" for row in ResultStore(results_dir).list())
+
+
+def test_a_distill_job_trains_the_sample_student_and_draws_its_curves(results_dir: Path) -> None:
+    app = start()
+    app.number_input(key="eval_seqlen").set_value(TINY_EVAL.seqlen)
+    app.number_input(key="eval_windows").set_value(TINY_EVAL.max_windows)
+    app.toggle(key="eval_latency").set_value(False)
+    app.run().switch_page("pages/distill.py").run()
+    app.radio(key="distill_student").set_value("model")
+    app.text_input(key="distill_student_ref").input("sample:student")
+    app.slider(key="distill_temperature").set_value(4.0)
+    app.slider(key="distill_alpha").set_value(0.7)
+    app.number_input(key="distill_steps").set_value(3)
+    app.number_input(key="distill_batch").set_value(2)
+    app.number_input(key="distill_seqlen").set_value(64)
+    app.number_input(key="distill_eval_every").set_value(1)
+    button(app.run(), "Run").click().run()
+    assert not app.exception and not app.error
+
+    job = finished(app.query_params["job"])
+    assert job.status == "done", job.error
+    assert [record["step"] for record in job.curve] == [0, 1, 2, 3]
+    row = ResultStore(results_dir).get(job.result_id)
+    report = row.details["steps"][0]
+    assert report["kind"] == "distill" and report["student"] == "sample:student" and report["steps_done"] == 3
+    assert row.params == measure_size(cache.load_base("sample:student").model).params
+    assert "temperature: 4.0" in row.recipe and "alpha: 0.7" in row.recipe
+
+    app.run()  # the finished job: its metrics, both curves and the summary
+    assert not app.exception
+    assert len(app.get("plotly_chart")) == 2
+    assert any("3/3 steps (completed)" in caption.value for caption in app.caption)
 
 
 def test_pareto_front_keeps_only_unbeaten_points() -> None:

@@ -108,7 +108,7 @@ def test_history_of_an_empty_store(results_env, capsys):
         ("recipe-unknown-key", "modle"),
         ("recipe-unknown-eval-key", "widows"),
         ("recipe-bad-value", "evaluation.seqlen"),
-        ("recipe-step", "not available in this version"),
+        ("recipe-step", "temperature must be a number > 0"),
         ("recipe-bad-prune", "sparsity"),
         ("recipe-invalid-yaml", "not valid YAML"),
     ],
@@ -120,7 +120,7 @@ def test_bad_input_before_a_run_exits_2_and_writes_no_row(case, needle, llama, t
         "recipe-unknown-key": f"model: {llama}\nmodle: x\n",
         "recipe-unknown-eval-key": f"model: {llama}\nevaluation: {{seqlen: 16, widows: 2}}\n",
         "recipe-bad-value": f"model: {llama}\nevaluation: {{seqlen: 1}}\n",
-        "recipe-step": f"model: {llama}\nsteps:\n  - distill: {{temperature: 2.0}}\n",
+        "recipe-step": f"model: {llama}\nsteps:\n  - distill: {{temperature: 0}}\n",
         "recipe-bad-prune": f"model: {llama}\nsteps:\n  - prune: {{method: wanda, sparsity: 2}}\n",
         "recipe-invalid-yaml": "model: [unclosed\n",
     }

@@ -17,8 +17,6 @@ from core.layers import block_linear_layers, decoder_blocks, linear_layers, weig
 from core.prune import (
     METHODS,
     PruneSpec,
-    ThresholdPreview,
-    finetune_masked_,
     nm_mask,
     prune,
     prune_,
@@ -29,7 +27,9 @@ from core.prune import (
     unstructured_mask,
     wanda_scores,
 )
-from tests.helpers import CAUSAL_FAMILIES, tiny_causal_lm, tiny_tokenizer
+from core.recovery import finetune_masked_
+from core.threshold_preview import ThresholdPreview
+from tests.helpers import CAUSAL_FAMILIES
 
 T, F_ = True, False
 # Every |w| is distinct, so each mask below has exactly one right answer.
@@ -240,13 +240,6 @@ def test_nm_pattern_implies_the_sparsity(pattern, implied):
 # ---- the layer walk on tiny models ----
 
 CALIBRATION = torch.randint(0, 256, (4, 16), generator=_generator(9))
-
-
-@pytest.fixture(scope="module")
-def tiny() -> dict[str, torch.nn.Module]:
-    """One tiny random model per family, shared read-only by the tests below (they prune copies)."""
-    tokenizer = tiny_tokenizer()
-    return {family: tiny_causal_lm(family, tokenizer) for family in CAUSAL_FAMILIES}
 
 
 @torch.no_grad()

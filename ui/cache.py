@@ -13,9 +13,9 @@ import streamlit as st
 
 from core import models, pipeline
 from core.evaluate import measure_size
-from core.prune import ThresholdPreview
 from core.specs import EvalSpec
 from core.store import ResultStore, default_results_dir
+from core.threshold_preview import ThresholdPreview
 from ui import modelinfo
 from ui.errors import shown
 from ui.state import Selection

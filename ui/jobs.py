@@ -14,6 +14,7 @@ import queue
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import streamlit as st
@@ -49,6 +50,7 @@ class Job:
     result_id: str | None = None  # the store row (also for a failed or cancelled run, once it exists)
     error: str | None = None
     cancel_requested: bool = False
+    curve: list[dict] = field(default_factory=list)  # training records of a distill step, as they arrive
 
     @property
     def elapsed_s(self) -> float:
@@ -107,12 +109,12 @@ class Worker:
         """A snapshot of the job (safe to read while the worker goes on), or None if unknown."""
         with self._lock:
             job = self._jobs.get(job_id)
-            return dataclasses.replace(job) if job is not None else None
+            return dataclasses.replace(job, curve=list(job.curve)) if job is not None else None
 
     def jobs(self) -> list[Job]:
         """Snapshots of every known job, newest first."""
         with self._lock:
-            return [dataclasses.replace(job) for job in reversed(self._jobs.values())]
+            return [dataclasses.replace(job, curve=list(job.curve)) for job in reversed(self._jobs.values())]
 
     def queued_ahead(self, job_id: str) -> int:
         """How many jobs run before this queued one."""
@@ -182,9 +184,14 @@ class Worker:
                     job.stage_started = time.time()
                 job.stage, job.fraction = stage, max(0.0, min(1.0, float(fraction)))
 
+        def on_step(record: dict) -> None:
+            with self._lock:
+                job.curve.append(record)
+
         try:
             store = _RecordingStore(job.results_dir, lambda run_id: self._update(job, result_id=run_id))
-            row = pipeline.run(job.recipe, store, base=base, on_progress=on_progress, cancel=cancel.is_set)
+            row = pipeline.run(job.recipe, store, base=base, on_progress=on_progress, cancel=cancel.is_set,
+                               on_step=on_step)
         except CancelledError as error:
             self._update(job, status="cancelled", error=str(error), finished=time.time())
         except SqueezeLabError as error:  # bad input: the message says what to do
@@ -216,27 +223,29 @@ def submit(recipe: Recipe, base: LoadedModel | None = None) -> str:
 # ---- the panel ----------------------------------------------------------------------------------
 
 
-def job_panel(job_id: str | None = None) -> None:
-    """Follow a job (by default the session's current one): live while it runs, then its result."""
+def job_panel(job_id: str | None = None, extra: Callable[[Job], None] | None = None) -> None:
+    """Follow a job (by default the session's current one): live while it runs, then its result.
+
+    ``extra(job)`` draws more of the job inside the panel (e.g. live training curves), every poll."""
     job_id = job_id or state.current_job_id()
     if not job_id:
         return
     job = worker().get(job_id)
     if job is not None and job.status in ACTIVE:
-        _live_panel(job_id)
+        _live_panel(job_id, extra)
     else:
-        _render(job_id, job)
+        _render(job_id, job, extra)
 
 
 @st.fragment(run_every=1.0)
-def _live_panel(job_id: str) -> None:
+def _live_panel(job_id: str, extra: Callable[[Job], None] | None = None) -> None:
     job = worker().get(job_id)
-    _render(job_id, job)
+    _render(job_id, job, extra)
     if job is None or job.status not in ACTIVE:
         st.rerun()  # the whole page: stop polling and let it show what the job produced
 
 
-def _render(job_id: str, job: Job | None) -> None:
+def _render(job_id: str, job: Job | None, extra: Callable[[Job], None] | None = None) -> None:
     with st.container(border=True):
         if job is None:
             st.info(f"Job {job_id} is not known to this server (it may have restarted, which loses the progress "
@@ -251,6 +260,8 @@ def _render(job_id: str, job: Job | None) -> None:
             _render_running(job)
         else:
             _render_finished(job)
+        if extra is not None:
+            extra(job)
         if job.status in ACTIVE:
             st.button("Cancel", key=f"cancel-{job.id}", disabled=job.cancel_requested,
                       on_click=worker().cancel, args=(job.id,))

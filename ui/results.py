@@ -60,13 +60,17 @@ def pareto_front(frame: pd.DataFrame, x: str, y: str, x_lower_better: bool = Tru
 
 
 def layer_frame(row: ResultRow) -> pd.DataFrame | None:
-    """The first step's per-layer report (name, sparsity, rel_error), or None when it has none."""
+    """The first step's per-layer report (name, sparsity, sqnr_db, rel_error), or None when it has none.
+
+    Pruning reports fill ``sparsity``, quantization reports ``sqnr_db``; the other column is empty.
+    """
     steps = (row.details or {}).get("steps") or []
     layers = steps[0].get("layers") if steps and isinstance(steps[0], dict) else None
     if not layers:
         return None
     return pd.DataFrame.from_records([{"name": layer["name"], "sparsity": layer.get("sparsity"),
-                                       "rel_error": layer.get("rel_error")} for layer in layers])
+                                       "sqnr_db": layer.get("sqnr_db"), "rel_error": layer.get("rel_error")}
+                                      for layer in layers], columns=["name", "sparsity", "sqnr_db", "rel_error"])
 
 
 def compare_table(a: ResultRow, b: ResultRow) -> pd.DataFrame:

@@ -1,0 +1,283 @@
+"""``QuantLinear``: a linear layer whose weight is stored as packed integer codes, and its kernels.
+
+The stored form (its state dict) is always the same: ``qweight`` uint8 [out, ceil(in * bits / 8)]
+(codes packed as a bit stream per row, see ``core.quant_math.pack_codes``; for 8 bits, int8 codes
+``u - 128``), ``scales`` fp16 [out, groups], ``zeros`` uint8 [out, groups] for asymmetric schemes,
+and ``bias``. What runs in ``forward`` is the layer's *kernel*:
+
+* ``dequant``           - unpack and dequantize to the input's dtype on every call, then a dense matmul;
+                           always available, never faster than dense.
+* ``int8_weight_only``  - 8-bit symmetric per channel: ``aten._weight_int8pack_mm`` reads the int8
+                           weights (on CPU with bf16 activations, the only dtype it is fast for).
+* ``int4_weight_only``  - 4-bit, group 32/64/128/256: ``aten._weight_int4pack_mm_for_cpu`` (CPU, bf16
+                           activations) or the tinygemm ``aten._weight_int4pack_mm`` (CUDA, bf16), on
+                           weights repacked once into the kernel's layout (which then replaces the
+                           stored form in memory).
+* ``int8_dynamic``      - 8-bit symmetric per channel weights and int8 activations with one scale per
+                           token, computed on the fly: fbgemm's dynamic int8 linear on CPU (weights
+                           prepacked once), an int8 x int8 -> int32 ``torch._int_mm`` on CUDA.
+
+``core.quantize`` chooses the kernel (``auto`` picks the fastest that exists for the device) and
+the result row's ``kernel`` field names it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.errors import SpecError
+from core.quant_math import QuantizedMatrix, QuantScheme, dequantize_codes, pack_codes, packed_columns, unpack_codes
+
+KERNELS = ("dequant", "int8_weight_only", "int4_weight_only", "int8_dynamic")
+INT4_GROUPS = (32, 64, 128, 256)
+
+
+class QuantLinear(nn.Module):
+    """y = x W^T + b with W held as packed ``bits``-bit codes, scales and zero points."""
+
+    def __init__(self, in_features: int, out_features: int, scheme: QuantScheme, bias: bool,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        scheme.check_columns(in_features)
+        self.in_features, self.out_features, self.scheme = in_features, out_features, scheme
+        groups = in_features // scheme.group_width(in_features)
+        code_dtype = torch.int8 if scheme.bits == 8 else torch.uint8
+        self.register_buffer("qweight", torch.zeros(out_features, packed_columns(in_features, scheme.bits),
+                                                    dtype=code_dtype, device=device))
+        self.register_buffer("scales", torch.ones(out_features, groups, dtype=torch.float16, device=device))
+        zeros = None if scheme.symmetric else torch.zeros(out_features, groups, dtype=torch.uint8, device=device)
+        self.register_buffer("zeros", zeros)
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) \
+            if bias else None
+        self.kernel = "dequant"
+        # what a kernel needs besides the stored form: buffers, so they move with .to() and count in sizes
+        self.register_buffer("kernel_weight", None, persistent=False)  # int4: the kernel's own layout
+        self.register_buffer("kernel_scales", None, persistent=False)
+        self._prepacked = None  # int8_dynamic on CPU: fbgemm's packed weight object
+
+    @classmethod
+    def from_matrix(cls, matrix: QuantizedMatrix, scheme: QuantScheme, bias: torch.Tensor | None,
+                    dtype: torch.dtype) -> QuantLinear:
+        """Pack a quantized matrix (codes [out, in], scale/zero [out, groups]) into a new layer."""
+        out_features, in_features = matrix.codes.shape
+        layer = cls(in_features, out_features, scheme, bias is not None, dtype, matrix.codes.device)
+        layer.set_codes(matrix.codes)
+        # fp16 scales are what is stored, so quantizers must see them rounded the same way
+        layer.scales.copy_(matrix.scale.to(torch.float16))
+        if layer.zeros is not None:
+            layer.zeros.copy_(matrix.zero.to(torch.uint8))
+        if bias is not None:
+            layer.bias.data.copy_(bias.detach().to(dtype))
+        return layer
+
+    # ---- the stored form ----
+
+    def set_codes(self, codes: torch.Tensor) -> None:
+        """Store uint8 codes [out, in] (replaces any kernel layout)."""
+        self.qweight = _stored_form(codes.contiguous(), self.scheme.bits).to(self.scales.device)
+        self.kernel_weight = self.kernel_scales = self._prepacked = None
+        self.kernel = "dequant"
+
+    def codes(self) -> torch.Tensor:
+        """uint8 codes [out, in], whatever layout the kernel keeps in memory."""
+        if self.kernel == "int4_weight_only" and self.kernel_weight is not None:
+            return _int4_codes_from_kernel(self)
+        if self.kernel == "int8_dynamic" and self._prepacked is not None:
+            return _fbgemm_codes(self._prepacked)
+        if self.scheme.bits == 8:
+            return (self.qweight.to(torch.int16) + 128).to(torch.uint8)
+        return unpack_codes(self.qweight, self.scheme.bits, self.in_features)
+
+    @property
+    def logical_params(self) -> int:
+        """How many weights the codes stand for (``core.evaluate.measure_size`` counts these)."""
+        return self.in_features * self.out_features
+
+    @property
+    def logical_nonzero(self) -> int:
+        """Weights whose code is not the zero point, i.e. that dequantize to a non-zero value."""
+        zero = self.zero_points().repeat_interleave(self.scheme.group_width(self.in_features), dim=1)
+        return int((self.codes().float() != zero).sum())
+
+    def zero_points(self) -> torch.Tensor:
+        """Zero points [out, groups] (float32): stored ones, or 2^(bits-1) for a symmetric scheme."""
+        if self.zeros is not None:
+            return self.zeros.float()
+        return torch.full(self.scales.shape, float(1 << (self.scheme.bits - 1)), device=self.scales.device)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight [out, in] the codes stand for."""
+        return dequantize_codes(self.codes(), self.scales.float(), self.zero_points(), dtype)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 - nn.Module's signature
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.qweight.numel() == 0:  # a kernel holds the weights in its own layout: save the portable one
+            destination[prefix + "qweight"] = _stored_form(self.codes(), self.scheme.bits)
+
+    @property
+    def opaque_bytes(self) -> int:
+        """Bytes held outside tensors (fbgemm's prepacked int8 weights, scales, zero points, offsets)."""
+        return self.in_features * self.out_features + 16 * self.out_features if self._prepacked is not None else 0
+
+    # ---- kernels ----
+
+    def use_kernel(self, kernel: str) -> None:
+        """Switch what ``forward`` runs; raises SpecError (with the reason) when it cannot run here."""
+        device = self.scales.device
+        reason = kernel_unavailable(kernel, self.scheme, self.in_features, device)
+        if reason:
+            raise SpecError(f"kernel {kernel} cannot run this layer: {reason}")
+        if self.kernel != "dequant":
+            self.set_codes(self.codes())  # back to the stored form before preparing another kernel
+        self.kernel = kernel
+        if kernel in ("int8_weight_only", "int8_dynamic"):
+            self.kernel_scales = self.scales.float().squeeze(1)
+        if kernel == "int4_weight_only":
+            self.kernel_weight, self.kernel_scales = _int4_kernel_state(self, self.codes())
+            self.qweight = torch.empty(0, dtype=torch.uint8, device=device)  # one copy in memory
+        elif kernel == "int8_dynamic" and device.type == "cpu":
+            self._prepacked = _fbgemm_prepack(self.qweight, self.kernel_scales)
+            self.qweight = torch.empty(0, dtype=torch.int8, device=device)
+            self.kernel_scales = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "dequant":
+            return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
+        shape = x.shape
+        flat = x.reshape(-1, self.in_features)
+        if self.kernel == "int8_weight_only":
+            out = _int8_weight_only_matmul(flat, self.qweight, self.kernel_scales)
+        elif self.kernel == "int4_weight_only":
+            out = _int4_matmul(self, flat)
+        elif self._prepacked is not None:
+            out = _fbgemm_per_token_matmul(flat, self._prepacked)
+        else:
+            out = _int8_dynamic_matmul(flat, self.qweight, self.kernel_scales)
+        out = out.reshape(*shape[:-1], self.out_features)
+        return out + self.bias if self.bias is not None else out
+
+    def extra_repr(self) -> str:
+        s = self.scheme
+        group = f"g{s.group_size}" if s.group_size else "per-channel"
+        return (f"in={self.in_features}, out={self.out_features}, {s.bits}-bit {group} "
+                f"{'sym' if s.symmetric else 'asym'}, kernel={self.kernel}")
+
+
+def kernel_unavailable(kernel: str, scheme: QuantScheme, in_features: int, device: torch.device) -> str | None:
+    """Why ``kernel`` cannot run a layer of this scheme on ``device`` (None: it can)."""
+    if kernel not in KERNELS:
+        return f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}"
+    per_channel_int8 = scheme.bits == 8 and scheme.symmetric and scheme.group_size is None
+    if kernel in ("int8_weight_only", "int8_dynamic") and not per_channel_int8:
+        return "it needs 8-bit symmetric weights with one scale per output channel (group_size null)"
+    if kernel == "int8_dynamic" and device.type != "cpu" and device.type != "cuda":
+        return f"torch._int_mm has no {device.type} kernel"
+    if kernel == "int4_weight_only":
+        if scheme.bits != 4 or scheme.group_size not in INT4_GROUPS:
+            return f"it needs 4-bit weights in groups of {', '.join(map(str, INT4_GROUPS))}"
+        if device.type not in ("cpu", "cuda"):
+            return f"there is no int4 kernel for {device.type}"
+        if device.type == "cuda" and in_features % 1024:
+            return "the CUDA tinygemm kernel needs an input width that is a multiple of 1024"
+    return None
+
+
+# ---- int4: the aten kernels compute (q - 8) * scale + zero per group, on their own packed layout ----
+
+
+def _int4_kernel_state(layer: QuantLinear, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kernel-packed weight, scales_and_zeros [groups, out, 2]) for the aten int4 kernels."""
+    scale = layer.scales.float()  # [out, groups]
+    # (u - z) * s  ==  (u - 8) * s + (8 - z) * s
+    offset = (8 - layer.zero_points()) * scale
+    scales_and_zeros = torch.stack([scale.t(), offset.t()], dim=2).contiguous()
+    if codes.device.type == "cuda":
+        nibbles = codes.to(torch.uint8)
+        packed = torch.ops.aten._convert_weight_to_int4pack((nibbles[:, ::2] << 4) | nibbles[:, 1::2], 8)
+        return packed, scales_and_zeros.to(torch.bfloat16)
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1), scales_and_zeros
+
+
+def _int4_matmul(layer: QuantLinear, flat: torch.Tensor) -> torch.Tensor:
+    group = layer.scheme.group_size
+    if flat.device.type == "cuda":
+        out = torch.ops.aten._weight_int4pack_mm(flat.to(torch.bfloat16), layer.kernel_weight, group,
+                                                 layer.kernel_scales)
+        return out.to(flat.dtype)
+    # the CPU kernel is vectorized for bf16 activations only (float32 input runs ~20x slower)
+    out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(torch.bfloat16), layer.kernel_weight, group,
+                                                     layer.kernel_scales.to(torch.bfloat16))
+    return out.to(flat.dtype)
+
+
+def _int4_codes_from_kernel(layer: QuantLinear) -> torch.Tensor:
+    """Read the codes back out of the kernel layout: run the kernel on the identity with scale 1, zero 8.
+
+    In bf16 (the kernels' fast path); codes 0..15 are exact in bf16.
+    """
+    groups = layer.scales.shape[1]
+    device = layer.scales.device
+    unit = torch.stack([torch.ones(groups, layer.out_features), torch.full((groups, layer.out_features), 8.0)], dim=2)
+    unit = unit.to(device, torch.bfloat16)
+    eye = torch.eye(layer.in_features, device=device, dtype=torch.bfloat16)
+    if device.type == "cuda":
+        values = torch.ops.aten._weight_int4pack_mm(eye, layer.kernel_weight, layer.scheme.group_size, unit)
+    else:
+        values = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, layer.kernel_weight, layer.scheme.group_size, unit)
+    return values.float().t().round().to(torch.uint8)  # [out, in]
+
+
+def _stored_form(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """What ``qweight`` holds for uint8 codes [out, in]: int8 ``codes - 128`` for 8 bits, else packed bits."""
+    return (codes.to(torch.int16) - 128).to(torch.int8) if bits == 8 else pack_codes(codes, bits)
+
+
+def _int8_weight_only_matmul(flat: torch.Tensor, weight_int8: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x [tokens, in] @ (int8 W [out, in] * scales [out])^T; on CPU in bf16, the kernel's fast path."""
+    compute = torch.bfloat16 if flat.device.type == "cpu" else flat.dtype
+    return torch.ops.aten._weight_int8pack_mm(flat.to(compute), weight_int8, scales.to(compute)).to(flat.dtype)
+
+
+# ---- int8 dynamic: activations quantized per token, integer matmul, rescale ----
+
+
+def _fbgemm_prepack(weight_int8: torch.Tensor, scales: torch.Tensor):  # noqa: ANN202 - an opaque torch object
+    """fbgemm's packed form of int8 weights [out, in] with per-row scales [out] (symmetric: zero points 0)."""
+    zero_points = torch.zeros(weight_int8.shape[0], dtype=torch.int64)
+    quantized = torch._make_per_channel_quantized_tensor(weight_int8.cpu(), scales.double().cpu(), zero_points, 0)
+    return torch.ops.quantized.linear_prepack(quantized, None)
+
+
+def _fbgemm_codes(prepacked) -> torch.Tensor:  # noqa: ANN001
+    weight, _ = torch.ops.quantized.linear_unpack(prepacked)
+    return (weight.int_repr().to(torch.int16) + 128).to(torch.uint8)
+
+
+def _fbgemm_per_token_matmul(flat: torch.Tensor, prepacked) -> torch.Tensor:  # noqa: ANN001
+    """fbgemm's dynamic int8 linear with a scale per token: x [tokens, in] -> [tokens, out].
+
+    The kernel quantizes its whole input with one (min, max) range. Dividing every token by its own
+    max |x| first puts all tokens on [-1, 1], so that one range is in effect a range per token; the
+    outputs are multiplied back. One token with huge activations then no longer flattens every other
+    token's resolution (what ruins perplexity with a per-tensor scale).
+    """
+    x = flat.float()
+    peak = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-8)  # [tokens, 1]
+    out = torch.ops.quantized.linear_dynamic(x / peak, prepacked, True)
+    return (out * peak).to(flat.dtype)
+
+
+
+
+def _int8_dynamic_matmul(flat: torch.Tensor, weight_int8: torch.Tensor, weight_scales: torch.Tensor) -> torch.Tensor:
+    """x [tokens, in] float, W int8 [out, in], per-row weight scales [out] -> x W^T [tokens, out] (CUDA path)."""
+    x = flat.float()
+    tokens = x.shape[0]
+    if tokens <= 16:  # cuBLAS int8 GEMM (torch._int_mm) wants more than 16 rows: pad, then drop the padding
+        x = torch.nn.functional.pad(x, (0, 0, 0, 17 - tokens))
+    x_scale = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-8) / 127.0  # [tokens, 1]
+    x_int8 = torch.round(x / x_scale).clamp_(-127, 127).to(torch.int8)
+    acc = torch._int_mm(x_int8, weight_int8.t())  # int32 [tokens, out]
+    return (acc.float() * x_scale * weight_scales)[:tokens].to(flat.dtype)

@@ -1,0 +1,245 @@
+"""Integer weight quantization math: schemes, scales and zero points, RTN, GPTQ, packing, error metrics.
+
+Everything here is a pure function on tensors; ``core.quantize`` walks the model and swaps modules.
+
+Codes are unsigned integers ``u`` in [0, 2^bits - 1] with one scale ``s`` and one zero point ``z``
+per (output row, group of ``group_size`` input columns); the weight they stand for is
+``(u - z) * s``. A symmetric scheme fixes ``z = 2^(bits-1)`` and ``s = max|w| / ((2^bits - 1) / 2)``
+(the signed range [-2^(bits-1), 2^(bits-1) - 1], the convention of compressed-tensors); an
+asymmetric one spans [min(w, 0), max(w, 0)] of the group.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from core.calibrate import drop_dead_inputs_, inverse_hessian_factor
+from core.errors import SpecError
+
+BITS_RANGE = (2, 8)
+GROUP_SIZES = (32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """How one matrix is quantized: ``bits`` per weight, ``group_size`` input columns per scale (None:
+    one scale per output row), symmetric or asymmetric."""
+
+    bits: int = 4
+    group_size: int | None = None
+    symmetric: bool = True
+
+    def __post_init__(self) -> None:
+        low, high = BITS_RANGE
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not low <= self.bits <= high:
+            raise SpecError(f"bits must be a whole number from {low} to {high}, got {self.bits!r}")
+        if self.group_size is not None and (isinstance(self.group_size, bool) or not isinstance(self.group_size, int)
+                                            or self.group_size < 1):
+            raise SpecError(f"group_size must be a positive whole number (e.g. {', '.join(map(str, GROUP_SIZES))}) "
+                            f"or null for one scale per output channel, got {self.group_size!r}")
+        if not isinstance(self.symmetric, bool):
+            raise SpecError(f"symmetric must be true or false, got {self.symmetric!r}")
+
+    @property
+    def levels(self) -> int:
+        """Largest code, 2^bits - 1."""
+        return (1 << self.bits) - 1
+
+    def group_width(self, columns: int) -> int:
+        """Columns per scale for a matrix with ``columns`` inputs (all of them when per channel)."""
+        return self.group_size or columns
+
+    def check_columns(self, columns: int, layer: str = "this layer") -> None:
+        """Refuse a group size that does not divide the input width; name the nearest sizes that do."""
+        if self.group_size is None or columns % self.group_size == 0:
+            return
+        divisors = [d for d in range(8, columns + 1, 8) if columns % d == 0] or [columns]
+        nearest = sorted(divisors, key=lambda d: (abs(d - self.group_size), d))[:3]
+        raise SpecError(f"group_size {self.group_size} does not divide the {columns} input columns of {layer}; "
+                        f"valid sizes near it: {', '.join(map(str, sorted(nearest)))} (or null: per channel), "
+                        "or exclude the layer with an override")
+
+    def bits_per_weight(self, columns: int) -> float:
+        """Storage per weight counting fp16 scales and (asymmetric) 8-bit zero points."""
+        per_group = 16 + (0 if self.symmetric else 8)
+        return self.bits + per_group / self.group_width(columns)
+
+
+def qparams(weight: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero), each [out, groups] float32, for ``weight`` [out, in] under ``scheme``."""
+    rows, columns = weight.shape
+    width = scheme.group_width(columns)
+    groups = weight.detach().float().reshape(rows, columns // width, width)
+    if scheme.symmetric:
+        scale = groups.abs().amax(dim=2) / (scheme.levels / 2)
+        zero = torch.full_like(scale, float(1 << (scheme.bits - 1)))
+    else:
+        low = groups.amin(dim=2).clamp(max=0)
+        high = groups.amax(dim=2).clamp(min=0)
+        scale = (high - low) / scheme.levels
+        zero = torch.round(-low / scale.clamp(min=torch.finfo(torch.float32).tiny)).clamp(0, scheme.levels)
+    return scale.clamp(min=1e-10), zero  # an all-zero group gets a tiny scale, so its codes are all z
+
+
+def _expand(per_group: torch.Tensor, columns: int) -> torch.Tensor:
+    """[out, groups] -> [out, columns], each group's value repeated over its columns."""
+    return per_group.repeat_interleave(columns // per_group.shape[1], dim=1)
+
+
+def quantize_codes(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes uint8 [out, in] = clamp(round(w / s) + z, 0, 2^bits - 1), with [out, groups] ``scale``/``zero``."""
+    columns = weight.shape[1]
+    codes = torch.round(weight.float() / _expand(scale, columns)) + _expand(zero, columns)
+    return codes.clamp_(0, (1 << bits) - 1).to(torch.uint8)
+
+
+def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Weights [out, in] = (codes - z) * s in ``dtype``, with [out, groups] ``scale``/``zero``."""
+    columns = codes.shape[1]
+    values = (codes.float() - _expand(zero.float(), columns)) * _expand(scale.float(), columns)
+    return values.to(dtype)
+
+
+def fake_quantize(weight: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
+    """Round-to-nearest quantize and dequantize ``weight`` [out, in]; same dtype as given."""
+    scale, zero = qparams(weight, scheme)
+    return dequantize_codes(quantize_codes(weight, scale, zero, scheme.bits), scale, zero, weight.dtype)
+
+
+@dataclass(frozen=True)
+class QuantizedMatrix:
+    """Codes uint8 [out, in], scale and zero [out, groups] (float32): what a QuantLinear stores."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_codes(self.codes, self.scale, self.zero, dtype)
+
+
+def rtn_quantize(weight: torch.Tensor, scheme: QuantScheme) -> QuantizedMatrix:
+    """Round-to-nearest: each weight to its nearest code with min-max scales per row or group."""
+    scale, zero = qparams(weight, scheme)
+    return QuantizedMatrix(quantize_codes(weight, scale, zero, scheme.bits), scale, zero)
+
+
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    scheme: QuantScheme,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    act_order: bool = False,
+) -> QuantizedMatrix:
+    """GPTQ (Frantar et al. 2022) on one matrix ``weight`` [out, in] with ``hessian`` [in, in] ∝ X^T X.
+
+    Columns are quantized one at a time (in order of decreasing H_jj with ``act_order``); each
+    column's rounding error is spread over the columns not yet quantized through the Cholesky factor
+    of H^-1, within a block of ``blocksize`` columns at once and lazily to later blocks. Group
+    scales are found on the updated weights when a group starts; with act-order they are fixed up
+    front on the original groups ("static" groups), so the stored layout stays that of RTN.
+    """
+    w = weight.detach().to(torch.float32, copy=True)
+    h = hessian.detach().to(w.device, torch.float32, copy=True)
+    rows, columns = w.shape
+    width = scheme.group_width(columns)
+    drop_dead_inputs_(w, h)
+    static = qparams(w, scheme) if act_order or scheme.group_size is None else None
+    order = torch.argsort(torch.diagonal(h), descending=True) if act_order else torch.arange(columns)
+    w, h = w[:, order], h[order][:, order]
+    u = inverse_hessian_factor(h, percdamp, "GPTQ")
+    scale = torch.empty(rows, columns // width, device=w.device)
+    zero = torch.empty_like(scale)
+    if static is not None:
+        scale, zero = static
+    codes = torch.empty(rows, columns, dtype=torch.uint8, device=w.device)
+    if not act_order and scheme.group_size is not None:
+        blocksize = max(width, blocksize // width * width)  # a group never straddles two blocks
+    for start in range(0, columns, blocksize):
+        end = min(start + blocksize, columns)
+        errors = _gptq_block(w, u, order, codes, scale, zero, scheme, start, end, fixed=static is not None)
+        w[:, end:] -= errors @ u[start:end, end:]  # lazy update of every later column at once
+    inverse = torch.argsort(order)
+    return QuantizedMatrix(codes[:, inverse], scale, zero)
+
+
+def _gptq_block(w, u, order, codes, scale, zero, scheme: QuantScheme, start: int, end: int, fixed: bool):
+    """Quantize columns [start, end) of the (permuted) ``w`` in place; return the scaled errors."""
+    block, u_block = w[:, start:end], u[start:end, start:end]
+    errors = torch.zeros_like(block)
+    width, levels = scheme.group_width(w.shape[1]), scheme.levels
+    for j in range(end - start):
+        column_index = int(order[start + j])
+        group = column_index // width
+        if not fixed and (start + j) % width == 0:  # a group begins: its scales from the updated weights
+            group_scale, group_zero = qparams(block[:, j : j + width], scheme)
+            scale[:, group], zero[:, group] = group_scale[:, 0], group_zero[:, 0]
+        s, z = scale[:, group], zero[:, group]
+        column = block[:, j]
+        q = torch.round(column / s).add_(z).clamp_(0, levels)
+        codes[:, start + j] = q.to(torch.uint8)
+        errors[:, j] = (column - (q - z) * s) / u_block[j, j]
+        block[:, j + 1 :] -= errors[:, j : j + 1] * u_block[j : j + 1, j + 1 :]
+    return errors
+
+
+# ---- packing: codes of any width 2..8 as a little-endian bit stream per row ----
+
+
+def packed_columns(columns: int, bits: int) -> int:
+    """Bytes per row holding ``columns`` codes of ``bits`` bits."""
+    return math.ceil(columns * bits / 8)
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 [rows, in] codes < 2^bits -> uint8 [rows, ceil(in * bits / 8)].
+
+    Code k of a row occupies bits [k*bits, (k+1)*bits) of the row's stream, least significant first,
+    so 4-bit codes are two per byte (low nibble first) and 3-bit codes are 8 per 3 bytes.
+    """
+    if bits == 8:
+        return codes.to(torch.uint8).clone()
+    rows, columns = codes.shape
+    shifts = torch.arange(bits, dtype=torch.uint8, device=codes.device)
+    stream = ((codes.to(torch.uint8).unsqueeze(-1) >> shifts) & 1).reshape(rows, columns * bits)
+    padding = packed_columns(columns, bits) * 8 - columns * bits
+    stream = torch.nn.functional.pad(stream, (0, padding)).reshape(rows, -1, 8)
+    weights = (1 << torch.arange(8, dtype=torch.int32, device=codes.device))
+    return (stream.to(torch.int32) * weights).sum(dim=2).to(torch.uint8)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, columns: int) -> torch.Tensor:
+    """Inverse of ``pack_codes``: uint8 [rows, bytes] -> uint8 codes [rows, columns]."""
+    if bits == 8:
+        return packed
+    rows = packed.shape[0]
+    if 8 % bits == 0:  # 2 and 4 bits: whole codes per byte, so shifting bytes is enough (the fast path)
+        shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+        codes = (packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+        return codes.reshape(rows, -1)[:, :columns]
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    stream = ((packed.unsqueeze(-1) >> shifts) & 1).reshape(rows, -1)[:, : columns * bits]
+    weights = (1 << torch.arange(bits, dtype=torch.int32, device=packed.device))
+    return (stream.reshape(rows, columns, bits).to(torch.int32) * weights).sum(dim=2).to(torch.uint8)
+
+
+# ---- error metrics ----
+
+
+def relative_mse(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """||ref - approx||^2 / ||ref||^2 (0 for an exact copy)."""
+    ref = reference.detach().double()
+    signal = float(ref.square().sum())
+    error = float((ref - approx.detach().double()).square().sum())
+    return error / signal if signal > 0 else (0.0 if error == 0 else math.inf)
+
+
+def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio, 10·log10(||ref||^2 / ||ref - approx||^2), in dB."""
+    mse = relative_mse(reference, approx)
+    return math.inf if mse == 0 else -10 * math.log10(mse)
