@@ -10,11 +10,14 @@ saved model is evaluated by our evaluator on the same windows.
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,14 +37,16 @@ def shared_data() -> Path:
     return folder
 
 
-def recipe_for(model: str, steps: list[dict] | None, latency: bool) -> dict:
-    """The recipe of one job under protocol cpu-small; ``steps`` as in a recipe file."""
+def recipe_for(model: str, steps: list[dict] | None, latency: bool, windows: int = 64) -> dict:
+    """The recipe of one job under protocol cpu-small; ``steps`` as in a recipe file.
+
+    ``windows`` < 64 evaluates only the first windows (printed beside every such figure)."""
     return {
         "model": model,
         "steps": steps or [],
         "calibration": {"text": str(shared_data() / "wikitext-2-tokens" / "wiki.valid.tokens"),
                         "samples": 64, "seqlen": 512, "seed": 0},
-        "evaluation": {"text": "wikitext2", "seqlen": 512, "max_windows": 64, "latency": latency,
+        "evaluation": {"text": "wikitext2", "seqlen": 512, "max_windows": windows, "latency": latency,
                        "prompt_tokens": 128, "new_tokens": 64, "compare_to_base": False},
         "device": "cpu",
     }
@@ -106,6 +111,44 @@ def step_wall_s(row: dict) -> float:
 
 def load_rows(path: Path) -> dict[str, dict]:
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def protocol_line(windows: int) -> str:
+    return PROTOCOL if windows == 64 else PROTOCOL.replace("first 64 windows", f"first {windows} windows")
+
+
+def job_arguments(description: str, jobs: list[str], default_out: str) -> argparse.Namespace:
+    """--jobs, --windows, --out (and --no-peer): what every SmolLM2 bench takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--jobs", nargs="*", default=jobs)
+    parser.add_argument("--no-peer", action="store_true", help="skip the llm-compressor jobs")
+    parser.add_argument("--windows", type=int, default=64,
+                        help="evaluation windows (protocol: 64; fewer only for a quick check, and printed)")
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / default_out)
+    return parser.parse_args()
+
+
+def run_jobs(args: argparse.Namespace, peer_jobs: dict[str, dict],
+             recipe_of: Callable[[str, str, int], dict]) -> dict[str, dict]:
+    """Run ``args.jobs`` one process each (peers in their own venv), saving rows after every job."""
+    from bench.eval_vs_plain import smollm2_gguf
+    from core import models
+
+    model_dir = str(models.gguf_as_folder(models.resolve(smollm2_gguf())))
+    rows = load_rows(args.out)
+    work = Path(tempfile.mkdtemp(prefix="squeezelab-peer-"))
+    for name in args.jobs:
+        started = time.perf_counter()
+        if name in peer_jobs:
+            if args.no_peer:
+                continue
+            rows[name] = peer_row(name, peer_jobs[name], model_dir, work)
+        else:
+            rows[name] = in_child(recipe_of(name, model_dir, args.windows))
+            rows[name]["windows"] = args.windows
+        print(f"{name}: perplexity {rows[name]['perplexity']:.2f} ({time.perf_counter() - started:.0f} s)", flush=True)
+        args.out.write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:

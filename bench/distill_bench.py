@@ -1,13 +1,16 @@
-"""Knowledge distillation: KD against plain next-token training, recovery of a pruned model, and a
-layer-dropped SmolLM2-135M. Prints one markdown table per part.
+"""Knowledge distillation: KD against plain next-token training, recovery of a compressed model, and a
+layer-dropped SmolLM2-135M. Prints one markdown table per part (1 thread by default; run under nice).
 
-    python bench/distill_bench.py --part samples            # sample student: KD at T = 1, 2, 4, 8 vs CE alone
-    python bench/distill_bench.py --part recovery           # sample teacher: dense, 50% magnitude, + KD recovery
-    python bench/distill_bench.py --part smollm2 --threads 2  # SmolLM2-135M, half its blocks, 200 KD steps
+    python bench/distill_bench.py --part samples    # sample student: KD at T = 1, 2, 4, 8 vs CE alone
+    python bench/distill_bench.py --part recovery   # sample teacher: dense, 50% magnitude / 3-bit RTN g64, + KD
+    python bench/distill_bench.py --part smollm2    # SmolLM2-135M, half its blocks, 200 KD steps of 2 x 128
 
 samples / recovery: protocol samples (evaluation on every held-out window of 256 tokens), training on
-the samples' training text, seed 0. smollm2: protocol cpu-small (training on WikiText-2 valid tokens,
-evaluation on WikiText-2 raw test, seqlen 512, first 64 windows). Every run starts from the same
+the samples' training text, seed 0. Recovery holds the compression while training: pruned zeros stay
+zero; quantized weights train as fp32 latent weights seen through their fixed 3-bit grid with
+straight-through gradients and are re-packed (QuantLinear) at the end (``core.distill_qat``).
+smollm2: protocol cpu-small (training on WikiText-2 valid tokens, evaluation on WikiText-2 raw test,
+seqlen 512, the first 64 windows unless ``--windows`` says fewer). Every run starts from the same
 weights, draws the same batches (seed 0) and ends with its last weights (``keep_best: false``), so
 the runs of a table differ only in their loss.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -32,6 +36,8 @@ from core import data, evaluate, models  # noqa: E402
 from core.distill import DistillSpec, build_student_, distill_, evenly_spaced_layers, training_data  # noqa: E402
 from core.layers import decoder_blocks  # noqa: E402
 from core.prune import PruneSpec, prune_  # noqa: E402
+from core.qlinear import QuantLinear  # noqa: E402
+from core.quantize import QuantizeSpec, quantize_  # noqa: E402
 
 
 def perplexity(model: torch.nn.Module, windows: torch.Tensor) -> float:
@@ -48,10 +54,19 @@ def header(args: argparse.Namespace, extra: str) -> str:
             f"seed 0; {extra}")
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process: unlike wall time, not stretched by other processes or by pauses."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def train(student: torch.nn.Module, teacher: torch.nn.Module, spec: DistillSpec, tokenizer,
           default_text: str) -> dict:
+    """distill_'s report, plus ``cpu_s``: the CPU seconds of the run (training and its held-out checks)."""
     train_ids, held = training_data(tokenizer, spec, spec.seqlen, default_text)
-    return distill_(student, teacher, spec, train_ids, held).as_dict()
+    started = cpu_seconds()
+    report = distill_(student, teacher, spec, train_ids, held).as_dict()
+    return {**report, "cpu_s": cpu_seconds() - started}
 
 
 def samples_part(args: argparse.Namespace) -> None:
@@ -80,32 +95,60 @@ def samples_part(args: argparse.Namespace) -> None:
 
 
 def recovery_part(args: argparse.Namespace) -> None:
-    """The sample teacher pruned to 50% by magnitude, then trained with its zeros held: KD and CE."""
+    """The sample teacher compressed (50% magnitude; 3-bit RTN), then trained with KD (teacher: the dense
+    model) or with CE alone, the compression held: zeros fixed, or quantized weights trained through
+    their fixed grid with straight-through gradients and re-packed at the end (``core.distill_qat``).
+    A control row trains the dense model itself with the same recipe, to show what the training alone
+    does to an uncompressed model."""
     teacher = models.load("sample:teacher", device="cpu")
     windows = data.windows(data.tokenize(teacher.tokenizer, data.sample_heldout_text()), 256)
-    dense = perplexity(teacher.model, windows)
-    pruned = models.clone(teacher.model)
-    prune_(pruned, PruneSpec(method="magnitude", sparsity=0.5))
-    lost = perplexity(pruned, windows)
-    rows = [("dense teacher", dense, None), ("magnitude 50% (per matrix)", lost, None)]
+    quant = QuantizeSpec(method="rtn", bits=3, group_size=args.group_size)
+    scheme = f"3-bit RTN {'g' + str(args.group_size) if args.group_size else 'per channel'} symmetric"
     common = {"student": "self", "steps": args.steps, "lr": args.lr, "batch_size": 8, "seqlen": 256,
-              "eval_every": 0, "eval_windows": 4, "keep_best": False, "text": "sample-train", "seed": 0}
-    for name, alpha in ((f"+ {args.steps} KD steps (T=2, alpha=0.5), zeros held", 0.5),
-                        (f"+ {args.steps} CE steps (alpha=0), zeros held", 0.0)):
-        model = models.clone(pruned)
-        report = train(model, teacher.model, DistillSpec(temperature=2.0, alpha=alpha, **common), teacher.tokenizer,
-                       "sample-train")
-        rows.append((name, perplexity(model, windows), report))
+              "eval_every": 0, "eval_windows": 4, "keep_best": False, "text": "sample-train", "seed": 0,
+              "temperature": args.temperature}
+    kd_name = f"KD (T={args.temperature:g}, alpha={args.alpha:g})"
+    dense = perplexity(teacher.model, windows)
+    rows: list[tuple[str, float, float | None, dict | None]] = [("dense teacher", dense, None, None)]
+
+    def trained(name: str, model: torch.nn.Module, alpha: float, reference: float | None) -> None:
+        spec = DistillSpec(alpha=alpha, **common)  # hold_zeros left to its default: yes for student self
+        report = train(model, teacher.model, spec, teacher.tokenizer, "sample-train")
+        rows.append((name, perplexity(model, windows), reference, report))
         print(f"{name}: {rows[-1][1]:.2f} ({report['wall_s']:.0f} s)", flush=True)
-    print(header(args, f"{args.steps} steps x 8 x 256 tokens of sample-train, AdamW peak lr {args.lr:g}, cosine; "
-                       f"evaluation: all {windows.shape[0]} held-out windows x 256"))
-    print("| model | held-out perplexity | share of the loss won back | train wall s |")
-    print("|---|---|---|---|")
-    for name, ppl, report in rows:
-        won = f"{(lost - ppl) / (lost - dense):.0%}" if report else "-"
+
+    if "control" in args.runs:
+        trained(f"dense teacher + {args.steps} steps of the same {kd_name} (control)", models.clone(teacher.model),
+                args.alpha, None)
+    if "magnitude" in args.runs:
+        pruned = models.clone(teacher.model)
+        prune_(pruned, PruneSpec(method="magnitude", sparsity=0.5))
+        lost = perplexity(pruned, windows)
+        rows.append(("magnitude 50% (per matrix)", lost, lost, None))
+        trained(f"+ {args.steps} steps {kd_name}, zeros held", models.clone(pruned), args.alpha, lost)
+        trained(f"+ {args.steps} steps CE alone (alpha=0), zeros held", models.clone(pruned), 0.0, lost)
+    if "rtn" in args.runs:
+        packed = models.clone(teacher.model)
+        quantize_(packed, quant)
+        lost = perplexity(packed, windows)
+        rows.append((scheme, lost, lost, None))
+        for name, alpha in ((kd_name, args.alpha), ("CE alone (alpha=0)", 0.0)):
+            model = models.clone(packed)  # distill_ trains it through its grid and re-packs it
+            trained(f"+ {args.steps} steps {name}, through the grid, re-packed", model, alpha, lost)
+            assert any(isinstance(m, QuantLinear) for m in model.modules()), "the student did not end packed"
+    print(header(args, f"{args.steps} steps x 8 x 256 tokens of sample-train, AdamW peak lr {args.lr:g}, warm-up "
+                       f"{args.steps // 10}, cosine to 10%, clip 1.0; teacher: the dense model; evaluation: all "
+                       f"{windows.shape[0]} held-out windows x 256; quantization: {scheme}, block linears "
+                       f"(embeddings / tied lm_head stay fp32)"))
+    print("| model | held-out perplexity | vs dense | fraction of lost perplexity won back | train wall s | "
+          "train CPU s |")
+    print("|---|---|---|---|---|---|")
+    for name, ppl, reference, report in rows:
+        won = f"{(reference - ppl) / (reference - dense):.0%}" if report and reference is not None else "-"
         wall = f"{report['wall_s']:.0f}" if report else "-"
-        print(f"| {name} | {ppl:.2f} | {won} | {wall} |")
-    print("| 3-bit RTN + KD | measured in the quantization section | | |")
+        cpu = f"{report['cpu_s']:.0f}" if report else "-"
+        vs = f"{ppl - dense:+.2f}" if name != "dense teacher" else "-"
+        print(f"| {name} | {ppl:.2f} | {vs} | {won} | {wall} | {cpu} |")
 
 
 def smollm2_part(args: argparse.Namespace) -> None:
@@ -116,11 +159,12 @@ def smollm2_part(args: argparse.Namespace) -> None:
     shared = data.shared_data_dir()
     if shared is None:
         raise SystemExit("needs ../shared/data (WikiText-2) or SQUEEZELAB_DATA_DIR")
-    windows = data.windows(data.tokenize(teacher.tokenizer, data.wikitext2_test_text()), 512, 64)
+    windows = data.windows(data.tokenize(teacher.tokenizer, data.wikitext2_test_text()), 512, args.windows)
     total = len(decoder_blocks(teacher.model)[1])
     keep = evenly_spaced_layers(total, total // 2)
     spec = DistillSpec(student="layer_drop", keep_layers=list(keep), temperature=2.0, alpha=0.5, steps=args.steps,
-                       lr=args.lr, batch_size=4, seqlen=256, eval_every=50, eval_windows=4, keep_best=False,
+                       lr=args.lr, batch_size=args.batch_size, seqlen=args.seqlen, eval_every=50, eval_windows=4,
+                       keep_best=False,
                        text=str(shared / "wikitext-2-tokens" / "wiki.valid.tokens"), seed=0)
     started = time.perf_counter()
     dense = perplexity(teacher.model, windows) if args.dense else None
@@ -131,18 +175,21 @@ def smollm2_part(args: argparse.Namespace) -> None:
     after = perplexity(student, windows)
     saved = Path(tempfile.gettempdir()) / "squeezelab-distill-smollm2.json"
     saved.write_text(json.dumps({"dense": dense, "before": before, "after": after, "report": report}))
-    print(header(args, f"protocol cpu-small; student: {description}; {args.steps} steps x 4 x 256 tokens of "
-                       f"WikiText-2 valid, T=2, alpha=0.5, AdamW peak lr {args.lr:g}, warm-up {spec.warmup_steps}, "
-                       f"cosine; evaluation WikiText-2 test, seqlen 512, first 64 windows"))
-    print("| model | params | WikiText-2 perplexity | train wall s | tokens/s (median step; teacher + student) |")
-    print("|---|---|---|---|---|")
+    print(header(args, f"protocol cpu-small; student: {description}; {args.steps} steps x {args.batch_size} x "
+                       f"{args.seqlen} tokens of WikiText-2 valid, T=2, alpha=0.5, AdamW peak lr {args.lr:g}, warm-up "
+                       f"{spec.warmup_steps}, cosine to 10%, clip 1.0; evaluation WikiText-2 raw test, seqlen 512, "
+                       f"first {windows.shape[0]} windows"))
+    print("| model | params | WikiText-2 perplexity | train wall s | train CPU s | tokens/s (median step; teacher + "
+          "student) | tokens per CPU s |")
+    print("|---|---|---|---|---|---|---|")
     if dense is not None:
-        print(f"| SmolLM2-135M (teacher) | {report['teacher_params']:,} | {dense:.2f} | - | - |")
-    print(f"| student before KD | {report['student_params']:,} | {before:.2f} | - | - |")
+        print(f"| SmolLM2-135M (teacher) | {report['teacher_params']:,} | {dense:.2f} | - | - | - | - |")
+    print(f"| student before KD | {report['student_params']:,} | {before:.2f} | - | - | - | - |")
     print(f"| student after {report['steps_done']} KD steps | {report['student_params']:,} | {after:.2f} | "
-          f"{report['wall_s']:.0f} | {median_tokens_per_s(report):,.0f} |")
+          f"{report['wall_s']:.0f} | {report['cpu_s']:.0f} | {median_tokens_per_s(report):,.1f} | "
+          f"{report['train_tokens'] / report['cpu_s']:,.1f} |")
     curve = [(r["step"], round(r["eval_perplexity"], 2)) for r in report["curve"] if r["eval_perplexity"]]
-    print(f"held-out (last 4 x 256 tokens of WikiText-2 valid) perplexity by step: {curve}")
+    print(f"held-out (last 4 x {args.seqlen} tokens of WikiText-2 valid) perplexity by step: {curve}")
     print(f"whole run {time.perf_counter() - started:.0f} s")
 
 
@@ -154,10 +201,19 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: 1e-3 (samples), 3e-4 (recovery, smollm2)")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     parser.add_argument("--dense", action="store_true", help="smollm2: also evaluate the teacher")
+    parser.add_argument("--windows", type=int, default=64, help="smollm2: first N evaluation windows of 512 tokens")
+    parser.add_argument("--batch-size", type=int, default=2, help="smollm2: windows per step")
+    parser.add_argument("--seqlen", type=int, default=128, help="smollm2: tokens per training window")
+    parser.add_argument("--alpha", type=float, default=0.5, help="recovery: weight of the KD term")
+    parser.add_argument("--temperature", type=float, default=2.0, help="recovery: KD temperature")
+    parser.add_argument("--group-size", type=int, default=64, help="recovery: 3-bit RTN group size (0: per channel)")
+    parser.add_argument("--runs", nargs="+", default=["control", "magnitude", "rtn"],
+                        choices=["control", "magnitude", "rtn"], help="recovery: which rows to train")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.steps = args.steps or 200
     args.lr = args.lr or (1e-3 if args.part == "samples" else 3e-4)
+    args.group_size = args.group_size or None
     {"samples": samples_part, "recovery": recovery_part, "smollm2": smollm2_part}[args.part](args)
 
 

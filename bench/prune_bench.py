@@ -12,18 +12,13 @@ jobs and the dense model also time CPU decode (batch 1, 128-token prompt, 64 new
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import PROTOCOL, in_child, load_rows, peer_row, recipe_for, step_wall_s  # noqa: E402
-from bench.eval_vs_plain import smollm2_gguf  # noqa: E402
+from bench.common import job_arguments, protocol_line, recipe_for, run_jobs, step_wall_s  # noqa: E402
 
 PRUNE_JOBS = {
     "dense": None,
@@ -56,30 +51,16 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", nargs="*", default=[*PRUNE_JOBS, *PEER_JOBS])
-    parser.add_argument("--no-peer", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "squeezelab-prune-bench.json")
-    args = parser.parse_args()
-    from core import models
+def recipe_of(name: str, model_dir: str, windows: int) -> dict:
+    timed = name.startswith(("mlp", "layers")) or name == "dense"  # structured: the model really shrinks
+    steps = [{"prune": PRUNE_JOBS[name]}] if PRUNE_JOBS[name] else None
+    return recipe_for(model_dir, steps, latency=timed, windows=windows)
 
-    model_dir = str(models.gguf_as_folder(models.resolve(smollm2_gguf())))
-    rows = load_rows(args.out)
-    work = Path(tempfile.mkdtemp(prefix="squeezelab-peer-"))
-    for name in args.jobs:
-        started = time.perf_counter()
-        if name in PEER_JOBS:
-            if args.no_peer:
-                continue
-            rows[name] = peer_row(name, PEER_JOBS[name], model_dir, work)
-        else:
-            timed = name.startswith(("mlp", "layers")) or name == "dense"  # structured: the model really shrinks
-            steps = [{"prune": PRUNE_JOBS[name]}] if PRUNE_JOBS[name] else None
-            rows[name] = in_child(recipe_for(model_dir, steps, latency=timed))
-        print(f"{name}: perplexity {rows[name]['perplexity']:.2f} ({time.perf_counter() - started:.0f} s)", flush=True)
-        args.out.write_text(json.dumps(rows, indent=1))
-    print(PROTOCOL)
+
+def main() -> None:
+    args = job_arguments(__doc__.splitlines()[0], [*PRUNE_JOBS, *PEER_JOBS], "squeezelab-prune-bench.json")
+    rows = run_jobs(args, PEER_JOBS, recipe_of)
+    print(protocol_line(args.windows))
     print(table(rows))
 
 

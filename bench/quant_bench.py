@@ -13,18 +13,14 @@ bandwidth (measured here: a sum over a 1 GiB tensor) divided by the bytes of wei
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import PROTOCOL, in_child, load_rows, peer_row, recipe_for, step_wall_s  # noqa: E402
-from bench.eval_vs_plain import smollm2_gguf  # noqa: E402
+from bench.common import job_arguments, protocol_line, recipe_for, run_jobs, step_wall_s  # noqa: E402
 
 ASYM = {"symmetric": False, "kernel": "dequant"}
 QUALITY_JOBS = {
@@ -44,7 +40,9 @@ QUALITY_JOBS = {
 SPEED_JOBS = {
     "fp32": None,
     "bf16": {"method": "bf16"},
-    "int8-dynamic": {"method": "int8_dynamic"},
+    "int8-dynamic": {"method": "int8_dynamic", "lm_head": True},  # SmoothQuant 0.5 (the default)
+    "int8-dynamic-nosmooth": {"method": "int8_dynamic", "lm_head": True, "smooth": 0},
+    "int8-dynamic-fp32-head": {"method": "int8_dynamic"},  # lm_head (and the tied embedding) left in fp32
     "int4-g64": {"method": "rtn", "bits": 4, "group_size": 64, "symmetric": False, "kernel": "int4_weight_only"},
 }
 PEER_JOBS = {
@@ -80,37 +78,31 @@ def quality_table(rows: dict[str, dict]) -> str:
 
 
 def speed_table(rows: dict[str, dict], bandwidth: float) -> str:
-    lines = ["| job | perplexity | weights MiB | prefill ms (128 tok) | decode tok/s | bound tok/s | kernel |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| job | perplexity | weights MiB | prefill ms (128 tok) | decode tok/s | x fp32 | bound tok/s | kernel |",
+             "|---|---|---|---|---|---|---|---|"]
+    base = rows.get("fp32", {}).get("decode_tok_s")
     for name, row in rows.items():
         bound = bandwidth * 1e9 / row["size_bytes"]
+        ratio = f"{row['decode_tok_s'] / base:.2f}" if base else "-"
         lines.append(f"| {name} | {row['perplexity']:.2f} | {row['size_bytes'] / 2**20:.0f} | "
-                     f"{row['prefill_ms']:.0f} | {row['decode_tok_s']:.1f} | {bound:.0f} | {row['kernel']} |")
+                     f"{row['prefill_ms']:.0f} | {row['decode_tok_s']:.1f} | {ratio} | {bound:.0f} | {row['kernel']} |")
+    loops = {r.get("details", {}).get("latency", {}).get("loop") for r in rows.values()} - {None}
+    lines.append(f"\ndecode loop: {', '.join(sorted(loops))}")
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", nargs="*", default=[*QUALITY_JOBS, *SPEED_JOBS, *PEER_JOBS])
-    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "squeezelab-quant-bench.json")
-    args = parser.parse_args()
-    from core import models
+def recipe_of(name: str, model_dir: str, windows: int) -> dict:
+    params = QUALITY_JOBS.get(name) if name in QUALITY_JOBS else SPEED_JOBS[name]
+    return recipe_for(model_dir, [{"quantize": params}] if params else None, latency=name in SPEED_JOBS,
+                      windows=windows)
 
-    model_dir = str(models.gguf_as_folder(models.resolve(smollm2_gguf())))
-    rows = load_rows(args.out)
-    work = Path(tempfile.mkdtemp(prefix="squeezelab-peer-"))
-    for name in args.jobs:
-        started = time.perf_counter()
-        if name in PEER_JOBS:
-            rows[name] = peer_row(name, PEER_JOBS[name], model_dir, work)
-        else:
-            params = QUALITY_JOBS.get(name) if name in QUALITY_JOBS else SPEED_JOBS[name]
-            steps = [{"quantize": params}] if params else None
-            rows[name] = in_child(recipe_for(model_dir, steps, latency=name in SPEED_JOBS))
-        print(f"{name}: perplexity {rows[name]['perplexity']:.2f} ({time.perf_counter() - started:.0f} s)", flush=True)
-        args.out.write_text(json.dumps(rows, indent=1))
+
+def main() -> None:
+    jobs = [*QUALITY_JOBS, *SPEED_JOBS, *PEER_JOBS]
+    args = job_arguments(__doc__.splitlines()[0], jobs, "squeezelab-quant-bench.json")
+    rows = run_jobs(args, PEER_JOBS, recipe_of)
     bandwidth = read_bandwidth_gb_s()
-    print(PROTOCOL)
+    print(protocol_line(args.windows))
     print(quality_table({k: v for k, v in rows.items() if k not in SPEED_JOBS}))
     print(f"\nread bandwidth {bandwidth:.1f} GB/s; decode bound = bandwidth / weight bytes read per token")
     print(speed_table({k: v for k, v in rows.items() if k in SPEED_JOBS}, bandwidth))

@@ -1,4 +1,4 @@
-"""The ``squeezelab`` command line: eval | prune | quantize | distill | run | history | app | build-samples.
+"""The ``squeezelab`` command line: eval | prune | quantize | distill | run | export | history | app | build-samples.
 
 Exit codes: 0 success, 2 bad input (the message on stderr, no traceback), 1 internal error.
 """
@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("recipe", type=Path)
     _add_common(rn)
 
+    _add_export_parser(commands)
+
     hist = commands.add_parser("history", help="list stored results")
     hist.add_argument("--csv", action="store_true", help="print CSV with the result-row columns")
     hist.add_argument("--results-dir", type=Path, default=None)
@@ -107,6 +109,26 @@ def _add_quantize_parser(commands) -> None:
     _add_calibration_options(qu)
     _add_eval_options(qu)
     _add_common(qu)
+
+
+def _add_export_parser(commands) -> None:
+    ex = commands.add_parser("export", help="write a model as hf / compressed-tensors / gguf, reload it and check it")
+    ex.add_argument("source", help="a stored result id (squeezelab history), a recipe file (.yaml/.json) or a model "
+                                   "reference; its recipe is run again and the model it makes is exported")
+    ex.add_argument("--format", required=True, choices=["hf", "compressed-tensors", "gguf"])
+    ex.add_argument("--out", type=Path, required=True, help="the folder to create (it must not exist: --overwrite)")
+    ex.add_argument("--gguf-type", default="auto", choices=["auto", "F32", "F16", "Q8_0", "Q4_0", "Q4_1"],
+                    help="gguf: block type (auto: the exact type of each quantized layer)")
+    ex.add_argument("--requantize", action="store_true",
+                    help="gguf: re-round layers the requested type cannot hold exactly (lossy; otherwise refused)")
+    ex.add_argument("--sparse", default="auto", choices=["auto", "always", "never"],
+                    help="hf: store pruned weights as bitmask + values (auto: where that is smaller)")
+    ex.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                    help="hf / compressed-tensors: float tensors' dtype (auto: the model's; ct: fp16 if quantized)")
+    ex.add_argument("--zip", action="store_true", help="also write OUT.zip")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
+    ex.add_argument("--check-windows", type=int, default=8, help="windows scored before export and after reload")
+    _add_common(ex)
 
 
 def _add_distill_parser(commands) -> None:
@@ -162,7 +184,8 @@ def _print_row(row, as_json: bool) -> None:
                        f"text: {details.get('text')})"),
         ("top-1 accuracy", f"{100 * row.top1_acc:.2f}%"),
         ("parameters", f"{row.params:,} ({row.nonzero_params:,} non-zero)"),
-        ("weights in memory", f"{row.size_bytes / 2**20:.2f} MiB ({row.bits_per_weight:.2f} bits/weight)"),
+        ("artifact on disk" if details.get("export") else "weights in memory",
+         f"{row.size_bytes / 2**20:.2f} MiB ({row.bits_per_weight:.2f} bits/weight)"),
         ("kernel", row.kernel),
     ]
     if row.perplexity is not None and row.base_perplexity is not None and details.get("steps"):
@@ -179,10 +202,29 @@ def _print_row(row, as_json: bool) -> None:
             ("decode", f"{row.decode_tok_s:.1f} tokens/s over {latency['new_tokens']} tokens, batch 1, KV cache"),
             ("peak memory", f"{row.peak_mem_bytes / 2**20:.0f} MiB"),
         ]
+    if details.get("export"):
+        lines += _export_lines(details["export"])
     lines += [("device", f"{row.device}, {details.get('dtype')}, {details.get('threads')} threads"),
               ("wall time", f"{row.wall_s:.1f} s"), ("result id", row.id)]
     width = max(len(name) for name, _ in lines)
     print("\n".join(f"{name:<{width}}  {value}" for name, value in lines))
+
+
+def _export_lines(export: dict) -> list[tuple[str, str]]:
+    """The export's path, sizes and check, for the plain-text result."""
+    verdict = "passed" if export.get("check_passed") else "FAILED"
+    check = (f"{verdict}: perplexity {export['perplexity_before']:.4f} before export, {export['perplexity_after']:.4f} "
+             f"after reload ({export['windows']} windows x {export['seqlen']} tokens; tokenizer "
+             f"{'identical' if export.get('tokenizer_match') else 'DIFFERENT'})")
+    lines = [("export", f"{export['format']} -> {export['path']}"),
+             ("weights file(s)", f"{export['weights_bytes'] / 2**20:.2f} MiB (the schemes promise "
+                                 f"{export['promised_bytes'] / 2**20:.2f} MiB)"),
+             ("reload check", check),
+             ("export / reload", f"{export['export_s']:.1f} s / {export['reload_s']:.1f} s")]
+    if export.get("zip_path"):
+        lines.append(("zip", f"{export['zip_path']} ({export['zip_bytes'] / 2**20:.2f} MiB)"))
+    lines += [("export note", note) for note in export.get("notes") or []]
+    return lines
 
 
 def _distill_summary(report: dict) -> str:
@@ -284,6 +326,41 @@ def _run_recipe(recipe, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def export_params(args: argparse.Namespace) -> dict:
+    """The recipe's ``export:`` mapping for the given options."""
+    sparse = {"auto": "auto", "always": True, "never": False}[args.sparse]
+    return {"format": args.format, "path": str(args.out), "gguf_type": args.gguf_type, "requantize": args.requantize,
+            "sparse": sparse, "dtype": args.dtype, "zip": args.zip, "overwrite": args.overwrite,
+            "check_windows": args.check_windows}
+
+
+def export_source_recipe(source: str, results_dir: Path | None):
+    """The recipe behind ``source``: a stored result's, a recipe file's, or an evaluation of a model reference."""
+    import yaml
+
+    from core.specs import Recipe, load_recipe
+    from core.store import ResultStore, UnknownResultError
+
+    path = Path(source).expanduser()
+    if path.suffix.lower() in (".yaml", ".yml", ".json") and path.is_file():
+        return load_recipe(path)
+    try:
+        row = ResultStore(results_dir).get(source)
+    except UnknownResultError:
+        return Recipe(model=source)  # a model reference (checked when the recipe runs)
+    return Recipe.from_dict(yaml.safe_load(row.recipe))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from core.export import ExportSpec
+
+    recipe = export_source_recipe(args.source, args.results_dir)
+    recipe = dataclasses.replace(recipe, export=ExportSpec.from_dict(export_params(args)).as_dict())
+    return _run_recipe(recipe, args)
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     from core.store import ResultStore
 
@@ -316,7 +393,7 @@ def cmd_build_samples(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"eval": cmd_eval, "prune": cmd_prune, "quantize": cmd_quantize, "distill": cmd_distill, "run": cmd_run,
-            "history": cmd_history, "app": cmd_app, "build-samples": cmd_build_samples}
+            "export": cmd_export, "history": cmd_history, "app": cmd_app, "build-samples": cmd_build_samples}
 
 
 def _quiet_libraries() -> None:

@@ -4,7 +4,9 @@ A student learns to match a frozen teacher's softened next-token distribution (`
 in the training loop of ``core.distill_train``. The student is one of:
 
 * ``self``        - the model being compressed (a pruned or quantized copy of the teacher): recovery.
-                    Zeros of its block linear weights are held fixed by default (``hold_zeros``).
+                    Zeros of its block linear weights are held fixed by default (``hold_zeros``);
+                    quantized layers train through their own grid and are re-packed at the end
+                    (``core.distill_qat``), their zero codes held only with ``hold_zeros: true``.
 * ``layer_drop``  - the model with whole decoder blocks removed (``keep_layers`` or ``keep_every``),
                     initialised from the kept blocks' weights (``core.structured`` does the surgery).
 * ``width``       - the model with a share of its MLP channels removed (``width_fraction``).

@@ -1,6 +1,7 @@
 """The distillation training loop: AdamW, warm-up + cosine, accumulation, clipping, best checkpoint.
 
-``distill_`` trains a student in place against a frozen teacher. Before the first step, every
+``distill_`` trains a student in place against a frozen teacher. A quantized student trains through
+its own grid and is re-packed at the end (``core.distill_qat``). Before the first step, every
 ``eval_every`` steps and at the end it measures held-out perplexity and keeps a copy of the best
 weights, which are restored when training ends: completed, cancelled (``cancel()`` is asked before
 every step) or out of its wall-time budget. Each step leaves a record (loss terms, learning rate,
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from core.distill_loss import LossParts, distill_loss, hidden_mse
+from core.distill_qat import FakeQuantLinear, fake_quantize_, repack_
 from core.evaluate import CancelFn, ProgressFn, evaluate_quality
 from core.layers import block_linear_layers, decoder_blocks
 
@@ -91,10 +93,16 @@ class DistillReport:
         return {**asdict(self), "cancelled": self.cancelled}
 
 
-def zero_masks(model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
-    """(weight, keep mask) of every decoder-block linear layer that holds zeros (a dense one needs none)."""
+def zero_masks(model: nn.Module, quantized: bool = False) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """(weight, keep mask) of every decoder-block linear layer that holds zeros (a dense one needs none).
+
+    Quantized layers (``FakeQuantLinear``) are left out unless ``quantized``: their zeros are mostly
+    weights that rounded to the zero point, which training should be free to move.
+    """
     masks = []
     for _, layer in block_linear_layers(model):
+        if isinstance(layer, FakeQuantLinear) and not quantized:
+            continue
         keep = layer.weight.detach() != 0
         if not bool(keep.all()):
             masks.append((layer.weight, keep))
@@ -164,7 +172,8 @@ class _Trainer:
                  seqlen: int) -> None:
         self.student, self.teacher, self.spec, self.ids, self.seqlen = student, teacher, spec, train_ids, seqlen
         self.device = next(student.parameters()).device
-        self.masks = zero_masks(student) if spec.holds_zeros else []
+        # quantized layers hold their zeros only when asked outright (hold_zeros: true)
+        self.masks = zero_masks(student, quantized=spec.hold_zeros is True) if spec.holds_zeros else []
         self.hidden = _hidden_match(student, teacher, spec, self.device) if spec.hidden_weight > 0 else None
         self.params = [p for p in student.parameters() if p.requires_grad]
         self.params += list(self.hidden.parameters()) if self.hidden is not None else []
@@ -310,9 +319,21 @@ def distill_(student: nn.Module, teacher: nn.Module, spec: DistillSpec, train_id
 
     ``train_ids`` [n] are the training token ids (random windows of ``eval_windows.shape[1]`` tokens are
     drawn from them); ``eval_windows`` [w, seqlen] are the held-out windows the best checkpoint is
-    chosen on. The student ends with the best weights seen and in the train/eval mode it came in.
+    chosen on. The student ends with the best weights seen and in the train/eval mode it came in. A
+    quantized student trains through its grid and ends packed again, with the same scheme and scales.
     """
     started, seqlen = time.perf_counter(), int(eval_windows.shape[1])
+    quantized = fake_quantize_(student)  # [] for a float student
+    try:
+        return _distill(student, teacher, spec, train_ids, eval_windows, started, seqlen, quantized, on_progress,
+                        cancel, on_step)
+    finally:
+        repack_(student, quantized)
+
+
+def _distill(student: nn.Module, teacher: nn.Module, spec: DistillSpec, train_ids: torch.Tensor,
+             eval_windows: torch.Tensor, started: float, seqlen: int, quantized: list[str],
+             on_progress: ProgressFn | None, cancel: CancelFn | None, on_step: RecordFn | None) -> DistillReport:
     trainer, best, curve = _Trainer(student, teacher, spec, train_ids, seqlen), _Best(), []
 
     def emit(record: StepRecord) -> None:
@@ -331,6 +352,9 @@ def distill_(student: nn.Module, teacher: nn.Module, spec: DistillSpec, train_id
     kept = best.step if spec.keep_best else done
     notes = [] if state.stopped == "completed" else [
         f"stopped after {done} of {spec.steps} steps ({state.stopped}); kept the weights of step {kept}"]
+    if quantized:
+        notes.append(f"{len(quantized)} quantized layers trained as fp32 latent weights through their fixed grid "
+                     "(straight-through gradients) and were re-packed with the same scheme and scales")
     return DistillReport(
         steps_planned=spec.steps, steps_done=done, stopped=state.stopped, best_step=best.step,
         best_perplexity=best.perplexity if best.step is not None else None, initial_perplexity=initial,

@@ -46,3 +46,7 @@ class SpecError(SqueezeLabError):
 
 class CancelledError(SqueezeLabError):
     """Long work was stopped on request; whatever is marked as kept was kept."""
+
+
+class ExportError(SqueezeLabError):
+    """An export cannot be written where asked (unwritable, full or occupied path); nothing was left there."""

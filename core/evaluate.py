@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from core import decode
 from core.errors import CancelledError
 
 ProgressFn = Callable[[str, float], None]  # (stage name, fraction done in [0, 1])
@@ -186,6 +187,7 @@ class LatencyMetrics:
     threads: int
     device: str
     dtype: str
+    loop: str = decode.TRANSFORMERS_LOOP
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -196,22 +198,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.inference_mode()
-def _time_generation(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    """One run: seconds for the prefill, seconds for ``new_tokens`` greedy decode steps."""
+def _decode_steps(step, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:  # noqa: ANN001
+    """Time ``step(ids) -> last logits``: the prefill of ``prompt``, then ``new_tokens`` greedy steps."""
     device = prompt.device
     _sync(device)
     start = time.perf_counter()
-    out = model(input_ids=prompt, use_cache=True)
+    token = step(prompt).argmax(dim=-1, keepdim=True)
     _sync(device)
     prefill_s = time.perf_counter() - start
-    past, token = out.past_key_values, out.logits[:, -1:].argmax(dim=-1)
     start = time.perf_counter()
     for _ in range(new_tokens):
-        out = model(input_ids=token, past_key_values=past, use_cache=True)
-        past, token = out.past_key_values, out.logits[:, -1:].argmax(dim=-1)
+        token = step(token).argmax(dim=-1, keepdim=True)
     _sync(device)
     return prefill_s, time.perf_counter() - start
+
+
+@torch.inference_mode()
+def _time_generation(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """One run: seconds for the prefill, seconds for ``new_tokens`` greedy decode steps.
+
+    Llama-style models run the static-cache loop of ``core.decode`` (same logits, without the
+    per-step Python of the generic forward); others transformers' forward with its KV cache.
+    """
+    if decode.unsupported_reason(model) is None:
+        decoder = decode.StaticDecoder(model, prompt.shape[1] + new_tokens)
+        return _decode_steps(decoder.forward, prompt, new_tokens)
+    past = None
+
+    def step(ids: torch.Tensor) -> torch.Tensor:
+        nonlocal past
+        out = model(input_ids=ids, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        return out.logits[:, -1]
+
+    return _decode_steps(step, prompt, new_tokens)
 
 
 class _PeakRss:
@@ -277,4 +297,5 @@ def measure_latency(
         threads=torch.get_num_threads(),
         device=str(device),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        loop=decode.loop_name(model),
     )

@@ -2,7 +2,7 @@
 
 A model reference is one of (the same strings in the CLI, recipes and the UI):
   * ``sample:<name>`` - a bundled sample model (``sample:teacher``, ``sample:student``)
-  * a local folder holding ``config.json`` and weights
+  * a local folder holding ``config.json`` and weights (also SqueezeLab's own exports: ``core.export``)
   * a path to a ``.gguf`` file (loaded through transformers' GGUF support and dequantized)
   * a Hugging Face Hub id such as ``HuggingFaceTB/SmolLM2-135M``
 
@@ -266,6 +266,8 @@ def load(
     source = resolve(ref)
     target = pick_device(device)
     torch_dtype = pick_dtype(target, dtype)
+    if source.kind == "folder" and _squeezelab_folder(source.location):
+        return _load_squeezelab(source, target, torch_dtype)
     if source.kind == "gguf":
         source = ModelSource(source.ref, "gguf", str(gguf_as_folder(source, check_free_memory)))
     local_only = source.kind != "hub" or _hub_local_only(source)
@@ -277,6 +279,20 @@ def load(
     tokenizer = load_tokenizer(source, trust_remote_code, local_only)
     model.to(target).eval()
     return LoadedModel(model, tokenizer, source, target, torch_dtype)
+
+
+def _squeezelab_folder(location: str) -> bool:
+    from core.export_hf import is_squeezelab_folder
+
+    return is_squeezelab_folder(Path(location))
+
+
+def _load_squeezelab(source: ModelSource, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """A folder SqueezeLab exported in its own stored form (packed codes, sparse weights)."""
+    from core.export import load_exported
+
+    loaded = load_exported(source.location, device=str(device), dtype=dtype)
+    return LoadedModel(loaded.model, loaded.tokenizer, source, loaded.device, loaded.dtype)
 
 
 def _hub_local_only(source: ModelSource) -> bool:

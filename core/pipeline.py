@@ -1,15 +1,19 @@
-"""Recipe -> copy of the base model -> steps -> evaluation -> result row.
+"""Recipe -> copy of the base model -> steps -> evaluation -> (export) -> result row.
 
 The base model is never mutated: steps work on ``clone(base)``. A run is recorded in the store
-before any work starts, so a crash leaves a failed row, never a missing one.
+before any work starts, so a crash leaves a failed row, never a missing one. With an ``export:``
+section the compressed model is written (``core.export``), reloaded and checked, and the row's
+``size_bytes`` is the artifact's size on disk.
 """
 
 from __future__ import annotations
 
 import platform
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +21,8 @@ import transformers
 
 from core import data, evaluate, models, steps
 from core.evaluate import CancelFn, ProgressFn
+from core.export import ExportResult, ExportSpec, check_target, export_model
+from core.qlinear import QuantLinear
 from core.quantize import kernel_summary
 from core.specs import EvalSpec, Recipe
 from core.store import ResultRow, ResultStore
@@ -30,6 +36,7 @@ class Measurement:
     size: evaluate.SizeMetrics
     latency: evaluate.LatencyMetrics | None
     text: str
+    windows: torch.Tensor | None = None  # the evaluation windows [n, seqlen] (an export re-scores some of them)
 
     def row_fields(self) -> dict:
         latency = self.latency
@@ -86,7 +93,7 @@ def measure(
         prompt_tokens = min(prompt_tokens, ids.numel())
         latency = evaluate.measure_latency(model, ids[:prompt_tokens], new_tokens, runs=spec.latency_runs,
                                            cancel=cancel)
-    return Measurement(quality, evaluate.measure_size(model), latency, spec.text)
+    return Measurement(quality, evaluate.measure_size(model), latency, spec.text, windows)
 
 
 def fit_to_context(prompt_tokens: int, new_tokens: int, context_length: int) -> tuple[int, int]:
@@ -144,6 +151,9 @@ def run(
     models.pick_dtype(models.pick_device(recipe.device), recipe.dtype)
     data.check_source(recipe.evaluation.text)
     data.check_source(recipe.calibration.text)
+    export_spec = ExportSpec.from_dict(recipe.export) if recipe.export else None
+    if export_spec is not None and export_spec.path:
+        check_target(Path(export_spec.path), export_spec.overwrite)
     started = time.perf_counter()
     with store.run(recipe.model, recipe.to_yaml(), device=recipe.device) as run_id:
         if on_progress:
@@ -159,13 +169,41 @@ def run(
         reference = loaded.model if recipe.steps and recipe.evaluation.compare_to_base else None
         measured = measure(model, loaded, recipe.evaluation, base=reference, on_progress=on_progress, cancel=cancel)
         base_perplexity = measured.quality.perplexity if not recipe.steps else measured.quality.base_perplexity
-        return store.finish(
-            run_id,
-            base_perplexity=base_perplexity,
-            kernel=kernel_label(model, measured.size),
-            device=str(loaded.device),
-            wall_s=time.perf_counter() - started,
-            details={**measured.details(), "dtype": str(loaded.dtype).replace("torch.", ""), "steps": reports,
-                     "notes": context.notes, "method": " + ".join(r["label"] for r in reports) or "base"},
-            **measured.row_fields(),
-        )
+        fields = {"base_perplexity": base_perplexity, "kernel": kernel_label(model, measured.size),
+                  "device": str(loaded.device), **measured.row_fields()}
+        details = {**measured.details(), "dtype": str(loaded.dtype).replace("torch.", ""), "steps": reports,
+                   "notes": context.notes, "method": " + ".join(r["label"] for r in reports) or "base"}
+        if export_spec is not None:
+            exported = export_step(model, loaded, recipe, export_spec, measured, store, run_id,
+                                   {**fields, "details": details}, on_progress, cancel)
+            # the row's size is the artifact on disk (DESIGN.md); what the weights took in memory stays in details
+            details.update(export=exported.as_dict(), size_in_memory_bytes=measured.size.size_bytes)
+            fields.update(size_bytes=exported.size_bytes,
+                          bits_per_weight=8 * exported.size_bytes / measured.size.params if measured.size.params
+                          else None)
+        return store.finish(run_id, wall_s=time.perf_counter() - started, details=details, **fields)
+
+
+def artifact_name(model_ref: str, spec: ExportSpec) -> str:
+    """The export folder's name in the store, e.g. 'sample-teacher-gguf' (also the zip's name)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_ref.rstrip("/")).name or model_ref).strip("-.")[:60]
+    return f"{slug or 'model'}-{spec.format}"
+
+
+def export_step(model: torch.nn.Module, loaded: models.LoadedModel, recipe: Recipe, spec: ExportSpec,
+                measured: Measurement, store: ResultStore, run_id: str, metrics: dict[str, Any],
+                on_progress: ProgressFn | None, cancel: CancelFn | None) -> ExportResult:
+    """Export the run's model to ``spec.path``, or (no path) into the run's artifact folder in the store."""
+    if model is loaded.model and any(isinstance(m, QuantLinear) for m in model.modules()):
+        model = models.clone(model)  # the check switches kernels for a moment: never on a shared (cached) model
+    kwargs = {"recipe": recipe.to_dict(), "metrics": metrics, "on_progress": on_progress, "cancel": cancel,
+              "check_text": loaded.tokenizer.decode(measured.windows[0])}
+    if spec.path:
+        return export_model(model, loaded.tokenizer, spec, measured.windows, **kwargs)
+    name = artifact_name(recipe.model, spec)
+    with store.write_artifact(run_id) as scratch:
+        result = export_model(model, loaded.tokenizer, spec, measured.windows, out=scratch / name, **kwargs)
+    final = store.artifact_dir(run_id) / name
+    result.path = str(final)
+    result.zip_path = str(final.with_name(name + ".zip")) if result.zip_path else None
+    return result

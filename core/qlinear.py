@@ -23,6 +23,8 @@ the result row's ``kernel`` field names it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -141,6 +143,20 @@ class QuantLinear(nn.Module):
             self._prepacked = _fbgemm_prepack(self.qweight, self.kernel_scales)
             self.qweight = torch.empty(0, dtype=torch.int8, device=device)
             self.kernel_scales = None
+
+    def row_matmul(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A callable for 2-D inputs [tokens, in] that skips the reshapes of ``forward`` where it can
+        (used by the decode loop of ``core.decode``, where per-call overhead is what limits speed)."""
+        if self._prepacked is not None and self.bias is None:
+            prepacked = self._prepacked
+
+            def one_token_int8(x: torch.Tensor) -> torch.Tensor:
+                if x.shape[0] == 1 and x.dtype == torch.float32:
+                    return torch.ops.quantized.linear_dynamic(x, prepacked, True)
+                return self.forward(x)
+
+            return one_token_int8
+        return self.forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "dequant":
@@ -264,6 +280,8 @@ def _fbgemm_per_token_matmul(flat: torch.Tensor, prepacked) -> torch.Tensor:  # 
     token's resolution (what ruins perplexity with a per-tensor scale).
     """
     x = flat.float()
+    if x.shape[0] == 1:  # one token (a decode step): its own range is the per-tensor range
+        return torch.ops.quantized.linear_dynamic(x, prepacked, True).to(flat.dtype)
     peak = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-8)  # [tokens, 1]
     out = torch.ops.quantized.linear_dynamic(x / peak, prepacked, True)
     return (out * peak).to(flat.dtype)

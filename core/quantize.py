@@ -29,16 +29,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from core import smooth
 from core.calibrate import HessianAccumulator, check_calibration, reconstruction_error, sequential_walk
 from core.errors import SpecError
 from core.evaluate import CancelFn, ProgressFn
 from core.layers import block_linear_layers, is_linear, weight_matrix
 from core.params import checked_params, require
+from core.qembedding import TiedQuantEmbedding, embeddings_tied, tie_quantized_embedding_
 from core.qlinear import KERNELS, QuantLinear, kernel_unavailable
 from core.quant_math import QuantizedMatrix, QuantScheme, gptq_quantize, relative_mse, rtn_quantize, sqnr_db
 
 METHODS = ("rtn", "gptq", "int8_dynamic", "fp16", "bf16")
 CAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+SMOOTH_DEFAULT_ALPHA = 0.5
+SMOOTH_WINDOWS = 16  # calibration windows whose activation ranges set the smoothing scales
 _OVERRIDE_KEYS = ("pattern", "bits", "group_size", "symmetric", "skip")
 
 
@@ -84,8 +88,11 @@ class QuantizeSpec:
     blocksize: int = 128  # gptq: columns updated together
     percdamp: float = 0.01  # gptq: damping, as a fraction of mean(diag(H))
     kernel: str = "auto"  # auto | dequant | int8_weight_only | int4_weight_only | int8_dynamic
-    lm_head: bool = False  # also quantize the output projection (RTN)
+    lm_head: bool = False  # also quantize the output projection (RTN); a tied input embedding follows it
     rounding: str = "rtn"  # int8_dynamic only: how its int8 weights are rounded (rtn | gptq)
+    # int8_dynamic only: SmoothQuant migration strength alpha (0 = off); None = 0.5 when there is
+    # calibration text, off (with a note) when there is none
+    smooth: float | None = None
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     overrides: tuple[Override, ...] = field(default_factory=tuple)
@@ -103,6 +110,8 @@ class QuantizeSpec:
         _require(self.kernel == "auto" or self.kernel in KERNELS,
                  f"unknown kernel {self.kernel!r}; choose auto or one of {', '.join(KERNELS)}")
         _require(self.rounding in ("rtn", "gptq"), f"rounding must be rtn or gptq, got {self.rounding!r}")
+        _require(self.smooth is None or (isinstance(self.smooth, int | float) and 0 <= self.smooth < 1),
+                 f"smooth (SmoothQuant alpha) must be in [0, 1), e.g. 0.5, or 0 for off; got {self.smooth!r}")
         _require(isinstance(self.blocksize, int) and self.blocksize > 0,
                  f"blocksize must be a whole number > 0, got {self.blocksize!r}")
         _require(isinstance(self.percdamp, int | float) and 0 < self.percdamp < 1,
@@ -124,6 +133,17 @@ class QuantizeSpec:
     @property
     def uses_gptq(self) -> bool:
         return self.method == "gptq" or (self.method == "int8_dynamic" and self.rounding == "gptq")
+
+    @property
+    def smooth_alpha(self) -> float:
+        """SmoothQuant strength this spec asks for (0: none)."""
+        if self.method != "int8_dynamic":
+            return 0.0
+        return SMOOTH_DEFAULT_ALPHA if self.smooth is None else float(self.smooth)
+
+    @property
+    def uses_calibration(self) -> bool:
+        return self.uses_gptq or self.smooth_alpha > 0
 
     def scheme_for(self, name: str) -> QuantScheme | None:
         """The scheme of layer ``name`` (None: left as it is)."""
@@ -257,6 +277,7 @@ def quantize_(
         raise SpecError("gptq needs calibration text: token ids [samples, seqlen] whose activations give the "
                         "Hessian (a recipe's calibration: section); or use method rtn, which needs none")
     calibration = check_calibration(calibration) if calibration is not None else None
+    notes = _smooth_activations(model, spec, calibration, cancel)  # weights change, layers stay the same
     schemes = {name: scheme for name, _, scheme in plan}
     done: dict[str, QuantizedMatrix] = {}
     solve = partial(_quantize_layer, spec, schemes, done)
@@ -267,10 +288,35 @@ def quantize_(
     for name, layer, _ in plan:
         if name not in block_names:  # lm_head: outside the blocks, always RTN
             reports.append(solve(name, layer, None))
+    tied = spec.lm_head and embeddings_tied(model)  # checked before the swap replaces the shared tensor
     _swap_in_quantized(model, schemes, done)
-    kernels, notes = choose_kernels(model, spec.kernel if spec.method != "int8_dynamic" else "int8_dynamic")
+    kernels, kernel_notes = choose_kernels(model, spec.kernel if spec.method != "int8_dynamic" else "int8_dynamic")
+    notes += kernel_notes
+    head = model.get_output_embeddings() if tied else None
+    if isinstance(head, QuantLinear) and tie_quantized_embedding_(model, head):
+        notes.append("the input embedding is tied to lm_head: it reads the same quantized rows (stored once)")
     reports = [replace(r, kernel=_kernel_of(model, r.name)) for r in reports]
     return QuantReport(spec.method, reports, kernels, notes, time.perf_counter() - started)
+
+
+def _smooth_activations(model: nn.Module, spec: QuantizeSpec, calibration: torch.Tensor | None,
+                        cancel: CancelFn | None) -> list[str]:
+    """SmoothQuant before int8 activations, when asked and possible; notes say what happened."""
+    alpha = spec.smooth_alpha
+    if alpha == 0:
+        return []
+    explicit = spec.smooth is not None
+    reason = smooth.unsupported_reason(model)
+    if reason is None and calibration is None:
+        reason = "no calibration text"
+    if reason:
+        if explicit:
+            raise SpecError(f"smooth={alpha} cannot be applied: {reason}; set smooth: 0 to quantize without it")
+        return [f"activations not smoothed ({reason}): int8 activation ranges follow the raw outliers"]
+    report = smooth.smooth_(model, calibration[:SMOOTH_WINDOWS], alpha, cancel)
+    return [f"SmoothQuant alpha {alpha}: {report.layers} layers, worst channel range / median "
+            f"{report.max_ratio_before:.0f}x -> {report.max_ratio_after:.0f}x "
+            f"(ranges from {min(len(calibration), SMOOTH_WINDOWS)} calibration windows)"]
 
 
 def _kernel_of(model: nn.Module, name: str) -> str:
@@ -303,6 +349,9 @@ def choose_kernels(model: nn.Module, requested: str = "auto") -> tuple[dict[str,
             kernel = "dequant"
         module.use_kernel(kernel)
         counts[kernel] = counts.get(kernel, 0) + 1
+    for module in model.modules():
+        if isinstance(module, TiedQuantEmbedding):
+            module.follow_head_kernel()
     return counts, notes
 
 

@@ -6,6 +6,7 @@ A recipe file (YAML or JSON) looks like::
     steps: []                       # prune / quantize / distill steps, applied in order
     calibration: {text: default, samples: 128, seqlen: 512, seed: 0}
     evaluation: {text: default, seqlen: 512, max_windows: 64}
+    export: {format: hf, path: out/model}   # optional: hf | compressed-tensors | gguf (core.export.ExportSpec)
 
 Every key but ``model`` has a default. Validation happens in ``__post_init__`` so a bad value is
 refused, with what was given and what is allowed, before any work starts.
@@ -120,6 +121,10 @@ class Recipe:
     def __post_init__(self) -> None:
         _require(isinstance(self.model, str) and bool(self.model.strip()),
                  "a recipe needs `model:` - a sample (sample:teacher), a folder, a .gguf file or a Hub id")
+        if self.export is not None:
+            from core.export import ExportSpec  # the engines import torch; specs stay importable without them
+
+            ExportSpec.from_dict(self.export)  # refused here, with what is allowed, before anything runs
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data in the recipe-file layout (round-trips through ``from_dict``)."""

@@ -163,7 +163,7 @@ def quantize_label(spec: QuantizeSpec) -> str:
 def apply_quantize(model: nn.Module, spec: QuantizeSpec, ctx: StepContext) -> dict[str, Any]:
     """Quantize ``model`` in place (the pipeline's own copy); returns the step's report."""
     started = time.perf_counter()
-    calibration = ctx.calibration if spec.uses_gptq else None
+    calibration = ctx.calibration if spec.uses_calibration else None
     report = quantize_(model, spec, calibration, ctx.on_progress, ctx.cancel).as_dict()
     ctx.notes.extend(report["notes"][:5])
     if len(report["notes"]) > 5:

@@ -95,6 +95,12 @@ if method in ("rtn", "gptq"):
 elif method == "int8_dynamic":
     st.caption("Weights: 8-bit symmetric, one scale per output channel. Activations: int8 with one scale per "
                "token, computed at run time; the matmul runs on fbgemm's int8 kernel (CPU).")
+    params["smooth"] = st.slider(
+        "SmoothQuant strength α (0 = off)", 0.0, 0.9, 0.5, 0.05, key="quant_smooth",
+        help="Moves activation outliers into the weights (exactly, before quantizing) so one int8 range per "
+             "token fits every channel; uses the calibration text. 0.5 is the paper's default.", **SESSION)
+    params["lm_head"] = st.checkbox("Also quantize lm_head (int8; a tied input embedding reads its rows)", True,
+                                    key="quant_lm_head_int8", **SESSION)
 
 
 def check_layers(spec) -> None:  # noqa: ANN001 - a QuantizeSpec
@@ -103,5 +109,5 @@ def check_layers(spec) -> None:  # noqa: ANN001 - a QuantizeSpec
 
 
 params = {key: value for key, value in params.items() if value not in (None, [])}
-recipe = forms.one_step_recipe(selection, loaded, "quantize", params, lambda spec: spec.uses_gptq, check_layers)
+recipe = forms.one_step_recipe(selection, loaded, "quantize", params, lambda spec: spec.uses_calibration, check_layers)
 forms.recipe_and_run(recipe, loaded, selection)

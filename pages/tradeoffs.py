@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core.store import ResultRow
-from ui import cache, charts, navigation, results
+from ui import cache, navigation, results
 from ui.errors import shown
 
 navigation.inside_app()
@@ -54,7 +54,8 @@ def chart(frame: pd.DataFrame) -> None:
     if plotted.empty:
         st.info(f"None of these results has {label}. Speed is measured when \"Measure speed\" is on in the sidebar.")
         return
-    st.plotly_chart(charts.tradeoff_scatter(plotted, x, color, size, log_y), key="tradeoffs_chart")
+    figure = cache.tradeoff_figure(tuple(plotted["id"]), x, color, size, log_y, plotted)
+    st.plotly_chart(figure, key="tradeoffs_chart")
     missing = len(frame) - len(plotted)
     st.caption(f"Better is lower perplexity and {'lower' if lower_better else 'higher'} {label}; the dotted line is "
                "the Pareto frontier (the results no other result beats on both). Diamonds are base models. Size "
@@ -81,12 +82,13 @@ def compare(frame: pd.DataFrame, rows: dict[str, ResultRow]) -> None:
     pruned = {name: layer for name, layer in layers.items() if layer["sparsity"].notna().any()}
     quantized = {name: layer for name, layer in layers.items() if layer["sqnr_db"].notna().any()}
     if pruned:
-        left.plotly_chart(charts.compare_layer_bars(pruned, "sparsity", "Zeros per layer", True))
+        left.plotly_chart(cache.layer_bars_figure((a, b), "sparsity", "Zeros per layer", True, pruned))
     if quantized:
-        left.plotly_chart(charts.compare_layer_bars(quantized, "sqnr_db", "Weight SQNR per layer (dB)", False))
+        left.plotly_chart(cache.layer_bars_figure((a, b), "sqnr_db", "Weight SQNR per layer (dB)", False, quantized))
     errors = {name: layer for name, layer in layers.items() if layer["rel_error"].notna().any()}
     if errors:
-        right.plotly_chart(charts.compare_layer_bars(errors, "rel_error", "Relative output error per layer", False))
+        right.plotly_chart(cache.layer_bars_figure((a, b), "rel_error", "Relative output error per layer", False,
+                                                    errors))
     else:
         right.caption("No per-layer output error: it is measured only when calibration data was used.")
 
@@ -122,7 +124,9 @@ else:
     chart(frame)
     st.subheader("Results")
     st.dataframe(frame[TABLE_COLUMNS], hide_index=True, column_config=COLUMN_CONFIG, key="tradeoffs_table")
-    st.download_button("Download every result as CSV", store.to_csv(), "squeezelab-results.csv", "text/csv")
+    # store.to_csv as a callable: the CSV is made when the button is clicked, not on every rerun
+    st.download_button("Download every result as CSV", store.to_csv, "squeezelab-results.csv", "text/csv",
+                       on_click="ignore")
     st.subheader("Compare two results")
     compare(frame, ok_rows)
 if all_rows:

@@ -85,7 +85,7 @@ def test_every_page_renders(results_dir: Path) -> None:
         "pages/quantize.py": lambda: app.selectbox(key="quant_method").value == "rtn",
         "pages/distill.py": lambda: app.radio(key="distill_student").value == "model",
         "pages/tradeoffs.py": lambda: "No finished results yet" in app.info[0].value,
-        "pages/export.py": lambda: "not part of this version" in app.info[0].value,
+        "pages/export.py": lambda: "No finished results yet" in app.info[0].value,
     }
     for page in PAGES:
         app.switch_page(page).run()
@@ -255,3 +255,31 @@ def test_pareto_front_keeps_only_unbeaten_points() -> None:
     assert list(results.pareto_front(frame, "x", "y")["x"]) == [1.0, 2.0, 4.0]
     # higher x is better (decode speed): only the fastest point and those with lower y survive
     assert list(results.pareto_front(frame, "x", "y", x_lower_better=False)["x"]) == [4.0]
+
+
+def test_the_export_page_exports_a_stored_result_and_offers_the_zip(results_dir: Path) -> None:
+    from core import pipeline
+
+    quantized = Recipe(model="sample:student", evaluation=TINY_EVAL,
+                       steps=(Step("quantize", {"method": "rtn", "bits": 4, "group_size": 32}),))
+    stored = pipeline.run(quantized, ResultStore(results_dir))
+    app = start().switch_page("pages/export.py").run()
+    assert not app.exception and not app.error
+    assert app.selectbox(key="export_result").value == stored.id
+    app.radio(key="export_format").set_value("gguf").run()
+    app.selectbox(key="export_gguf_type").select("Q4_0")
+    app.number_input(key="export_check_windows").set_value(2)
+    button(app.run(), "Export").click().run()
+    assert not app.exception and not app.error
+    job = finished(app.query_params["job"])
+    assert job.status == "done", job.error
+    row = ResultStore(results_dir).get(job.result_id)
+    export = row.details["export"]
+    assert export["format"] == "gguf" and export["check_passed"] and Path(export["zip_path"]).is_file()
+    assert row.size_bytes == export["size_bytes"]
+
+    app.run()  # the finished job: size, check and the download, read from disk only when clicked
+    assert not app.exception
+    assert metric(app, "Reload check") == "passed"
+    downloads = [b for b in app.get("download_button") if b.proto.label == "Download zip"]
+    assert len(downloads) == 1

@@ -23,10 +23,13 @@ from core.distill import (
     training_data,
 )
 from core.distill_loss import distill_loss, hidden_mse, kd_kl
+from core.distill_qat import FakeQuantLinear, fake_quantize_, repack_
 from core.distill_train import hidden_pairs
 from core.errors import SpecError, TextSourceError
 from core.layers import block_linear_layers, decoder_blocks
 from core.prune import PruneSpec, prune_
+from core.qlinear import QuantLinear
+from core.quantize import QuantizeSpec, quantize_
 from core.specs import EvalSpec, Recipe, Step
 from core.store import ResultStore
 
@@ -303,6 +306,63 @@ def test_pruned_zeros_stay_zero_while_the_rest_trains(student, train_ids):
     assert any(not torch.equal(before[k], v) for k, v in pruned.state_dict().items())
 
 
+def quantized_layers(model: torch.nn.Module) -> dict[str, QuantLinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def test_a_fake_quantized_student_starts_as_the_packed_model_and_packs_back_to_it(student):
+    """The swap to latent weights and back changes nothing, and the gradient reaches the latent weights."""
+    packed = models.clone(student.model)
+    quantize_(packed, QuantizeSpec(method="rtn", bits=3, group_size=32))
+    ids = heldout(student, 2, 64)
+    with torch.no_grad():
+        expected = packed(input_ids=ids).logits
+    codes = {name: m.codes().clone() for name, m in quantized_layers(packed).items()}
+    names = fake_quantize_(packed)
+    assert len(names) == len(codes) and all(isinstance(packed.get_submodule(n), FakeQuantLinear) for n in names)
+    logits = packed(input_ids=ids).logits
+    assert torch.allclose(logits, expected, atol=1e-5)
+    logits.float().logsumexp(-1).mean().backward()
+    layer = packed.get_submodule(names[0])
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0  # straight through the rounding
+    repack_(packed, names)
+    assert {n: m.codes() for n, m in quantized_layers(packed).items()}.keys() == codes.keys()
+    assert all(torch.equal(m.codes(), codes[n]) for n, m in quantized_layers(packed).items())
+
+
+def test_a_quantized_student_trains_through_its_grid_and_ends_packed(student, train_ids):
+    packed = models.clone(student.model)
+    quantize_(packed, QuantizeSpec(method="rtn", bits=3, group_size=32))
+    before = {name: (m.codes().clone(), m.scales.clone()) for name, m in quantized_layers(packed).items()}
+    windows = heldout(student, 2, 64)
+    start = pipeline.evaluate.evaluate_quality(packed, windows).perplexity
+    # latent weights start at the centres of their rounding bins: a large step moves some across
+    spec = DistillSpec(student="self", lr=1e-2, **{**TINY, "eval_every": 0}, keep_best=False)
+    report = distill_(packed, student.model, spec, train_ids, windows)
+    assert report.initial_perplexity == pytest.approx(start, rel=1e-5)  # training starts from the packed model
+    after = quantized_layers(packed)
+    assert after.keys() == before.keys() and not any(isinstance(m, FakeQuantLinear) for m in packed.modules())
+    assert all(torch.equal(m.scales, before[n][1]) and m.scheme.bits == 3 for n, m in after.items())
+    assert any(not torch.equal(m.codes(), before[n][0]) for n, m in after.items())  # the codes moved
+    ended = pipeline.evaluate.evaluate_quality(packed, windows).perplexity
+    assert ended == pytest.approx(report.last_perplexity, rel=1e-5)  # the packed model is what was trained
+    assert any("re-packed" in note for note in report.notes)
+
+
+def test_a_quantized_student_holds_its_zero_codes_only_when_asked(student, train_ids):
+    runs = {}
+    for hold in (None, True):
+        packed = models.clone(student.model)
+        quantize_(packed, QuantizeSpec(method="rtn", bits=3, group_size=32))
+        zero = {n: m.codes() == m.zero_points()[0, 0] for n, m in quantized_layers(packed).items()}
+        spec = DistillSpec(student="self", lr=1e-2, hold_zeros=hold, **{**TINY, "eval_every": 0}, keep_best=False)
+        distill_(packed, student.model, spec, train_ids, heldout(student, 2, 64))
+        # weights at the zero point that left it (others may round onto it: that is not a held zero)
+        runs[hold] = sum(int((zero[n] & (m.codes() != m.zero_points()[0, 0])).sum())
+                         for n, m in quantized_layers(packed).items())
+    assert runs[True] == 0 and runs[None] > 0, runs
+
+
 def test_cancel_stops_at_the_next_step_and_keeps_the_best_so_far(teacher, train_ids):
     calls = []
 
@@ -356,6 +416,15 @@ def test_prune_then_distill_recovers_with_the_zeros_held(tmp_path, student, trai
     assert report["kind"] == "distill" and report["hold_zeros"] and len(report["curve"]) == TINY["steps"] + 1
     assert records == report["curve"] and row.details["method"].endswith("distill self T=2 a=0.5 4 steps")
     assert all(torch.equal(before[k], v) for k, v in student.model.state_dict().items())
+
+
+def test_quantize_then_distill_self_is_a_recipe(tmp_path, student, train_text):
+    recipe = Recipe(model="sample:student", evaluation=TINY_EVAL, steps=(
+        Step("quantize", {"method": "rtn", "bits": 4, "group_size": 32}),
+        Step("distill", {"student": "self", **TINY, "text": train_text})))
+    row = pipeline.run(recipe, ResultStore(tmp_path), base=student)
+    assert row.status == "ok", row.error
+    assert "4-bit" in row.kernel and "re-packed" in " ".join(row.details["steps"][1]["notes"])
 
 
 def test_a_model_reference_student_replaces_the_model_for_evaluation(tmp_path, teacher, student, train_text):

@@ -1,4 +1,4 @@
-"""Cached loaders: the base model (shared, read-only), its baseline figures, the threshold preview.
+"""Cached loaders: the base model (shared, read-only), its baseline figures, the threshold preview, figures.
 
 ``load_base`` returns one ``LoadedModel`` per (reference, device, dtype) for every session and the
 background worker. Nobody mutates it: jobs run ``core.pipeline.run(recipe, store, base=loaded)``,
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from core import models, pipeline
@@ -16,7 +18,7 @@ from core.evaluate import measure_size
 from core.specs import EvalSpec
 from core.store import ResultStore, default_results_dir
 from core.threshold_preview import ThresholdPreview
-from ui import modelinfo
+from ui import charts, modelinfo
 from ui.errors import shown
 from ui.state import Selection
 
@@ -97,3 +99,25 @@ def recent_models(root: str) -> list[str]:
     for row in store_at(root).list():
         seen.setdefault(row.model, None)
     return list(seen)
+
+
+# Plotly figures: building one (validating every property) is the slowest step of a page that draws
+# them, ~10-70 ms each on two cores, paid again on every rerun. They are cached as resources, not data:
+# cache_data would unpickle a copy on every hit, which costs more than building it. Shared by every
+# session and read-only: st.plotly_chart only serializes the figure it is given (to_dict, to_json).
+# The key is the result ids (a finished result row is written once and never changes) and the options;
+# the frame itself is not hashed (the leading underscore), which would cost a good part of the saving.
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def tradeoff_figure(ids: tuple[str, ...], x: str, color: str, size: str | None, log_y: bool,
+                    _frame: pd.DataFrame) -> go.Figure:
+    """``charts.tradeoff_scatter`` of ``_frame``, whose rows are the finished results ``ids``."""
+    return charts.tradeoff_scatter(_frame, x, color, size, log_y)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def layer_bars_figure(ids: tuple[str, ...], value: str, title: str, percent: bool,
+                      _layers: dict[str, pd.DataFrame]) -> go.Figure:
+    """``charts.compare_layer_bars`` of ``_layers``, the per-layer reports of the finished results ``ids``."""
+    return charts.compare_layer_bars(_layers, value, title, percent)

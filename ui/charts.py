@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pandas as pd
-import plotly.express as px
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
 from ui.results import AXES, pareto_front
 
+_PALETTE = qualitative.Plotly  # the colours plotly express would pick, in order
 _MARGINS = {"l": 10, "r": 10, "t": 40, "b": 10}
 
 
@@ -41,34 +42,48 @@ def layer_sparsity_bars(per_layer: dict[str, float], title: str) -> go.Figure:
 
 
 def tradeoff_scatter(frame: pd.DataFrame, x: str, color: str, size: str | None, log_y: bool) -> go.Figure:
-    """Perplexity against ``x`` (a key of AXES); base rows as diamonds, the Pareto frontier as a line."""
+    """Perplexity against ``x`` (a key of AXES); base rows as diamonds, the Pareto frontier as a line.
+
+    One trace per (``color`` value, base or compressed). Built from plain lists with graph_objects:
+    plotly express (and pandas slicing per trace) took ~10x longer, paid on every rerun of the page."""
     label, _, lower_better = AXES[x]
-    plotted = frame.assign(kind=frame["method"].map(lambda m: "base model" if m == "base" else "compressed"))
-    size_column = None
-    if size is not None:
-        # Plotly needs a positive size for every point: rows without the metric get the smallest one.
-        values = plotted[f"{size}_axis"]
-        plotted["marker_size"] = values.fillna(values.min() if values.notna().any() else 1.0).clip(lower=1e-9)
-        size_column = "marker_size"
-    fig = px.scatter(
-        plotted, x=f"{x}_axis", y="perplexity", color=color, symbol="kind", size=size_column, size_max=28,
-        symbol_map={"base model": "diamond", "compressed": "circle"},
-        custom_data=["id", "model", "method", "recipe_html"],
-        labels={f"{x}_axis": label, "perplexity": "perplexity", color: color},
-    )
-    fig.update_traces(hovertemplate=("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>%{customdata[2]}<br>"
-                                      f"{label}: %{{x:.4g}}<br>perplexity: %{{y:.4g}}<br><br>"
-                                      "%{customdata[3]}<extra></extra>"))
-    if size is None:
-        fig.update_traces(marker_size=11)
-    front = pareto_front(plotted, f"{x}_axis", "perplexity", lower_better)
+    x_column = f"{x}_axis"
+    # dict.fromkeys: ``color`` may name a column already listed ("method")
+    wanted = dict.fromkeys([x_column, "perplexity", "id", "model", "method", "recipe_html", color])
+    columns = frame[list(wanted)].to_dict("list")
+    sizes = _marker_sizes(frame, size)
+    traces: dict[tuple[object, bool], list[int]] = {}  # (colour group, is base) -> row positions, in order
+    for position, (group, method) in enumerate(zip(columns[color], columns["method"], strict=True)):
+        traces.setdefault((group, method == "base"), []).append(position)
+    colours = {group: _PALETTE[i % len(_PALETTE)] for i, group in enumerate(dict.fromkeys(columns[color]))}
+    hover = ("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>%{customdata[2]}<br>"
+             f"{label}: %{{x:.4g}}<br>perplexity: %{{y:.4g}}<br><br>%{{customdata[3]}}<extra></extra>")
+    fig = go.Figure()
+    for (group, base), positions in sorted(traces.items(), key=lambda item: item[0][1]):  # compressed first
+        marker = {"symbol": "diamond" if base else "circle", "color": colours[group], "size": 11}
+        if sizes is not None:  # area-proportional, the largest 28 px across (as plotly express's size_max)
+            marker.update(size=[sizes[p] for p in positions], sizemode="area", sizeref=2 * max(sizes) / 28**2)
+        fig.add_trace(go.Scatter(
+            x=[columns[x_column][p] for p in positions], y=[columns["perplexity"][p] for p in positions],
+            customdata=[[columns[c][p] for c in ("id", "model", "method", "recipe_html")] for p in positions],
+            mode="markers", marker=marker, hovertemplate=hover, legendgroup=str(group),
+            name=f"{group} (base model)" if base else str(group)))
+    front = pareto_front(frame, x_column, "perplexity", lower_better)
     if len(front) > 1:
-        fig.add_trace(go.Scatter(x=front[f"{x}_axis"], y=front["perplexity"], mode="lines", name="Pareto frontier",
-                                 line={"dash": "dot", "color": "grey"}, hoverinfo="skip"))
-    fig.update_layout(margin=_MARGINS, height=520, legend_title_text="")
+        fig.add_trace(go.Scatter(x=front[x_column].tolist(), y=front["perplexity"].tolist(), mode="lines",
+                                 name="Pareto frontier", line={"dash": "dot", "color": "grey"}, hoverinfo="skip"))
+    fig.update_layout(margin=_MARGINS, height=520, legend_title_text="", xaxis_title=label, yaxis_title="perplexity")
     if log_y:
         fig.update_yaxes(type="log")
     return fig
+
+
+def _marker_sizes(frame: pd.DataFrame, size: str | None) -> list[float] | None:
+    """Plotly needs a positive size for every point: rows without the metric get the smallest one."""
+    if size is None:
+        return None
+    values = frame[f"{size}_axis"]
+    return values.fillna(values.min() if values.notna().any() else 1.0).clip(lower=1e-9).tolist()
 
 
 def compare_layer_bars(layers: dict[str, pd.DataFrame], value: str, title: str, percent: bool) -> go.Figure:

@@ -206,7 +206,8 @@ class Worker:
 def describe_recipe(recipe: Recipe) -> str:
     """A short label such as 'magnitude 50% on sample:teacher' (or 'evaluate sample:teacher')."""
     labels = [getattr(step.parsed, "label", step.kind) for step in recipe.steps]
-    return f"{' + '.join(labels)} on {recipe.model}" if labels else f"evaluate {recipe.model}"
+    described = f"{' + '.join(labels)} on {recipe.model}" if labels else f"evaluate {recipe.model}"
+    return described + (f", exported as {recipe.export.get('format', 'hf')}" if recipe.export else "")
 
 
 @st.cache_resource
