@@ -67,9 +67,11 @@ def run_job(recipe: dict) -> dict:
     return row
 
 
-def in_child(recipe: dict) -> dict:
-    output = subprocess.run([sys.executable, __file__, "--child", json.dumps(recipe)], capture_output=True, text=True,
-                            check=False)
+def in_child(payload: dict | list, script: Path | None = None) -> dict:
+    """Run ``script --child PAYLOAD`` (default: one recipe through this file's ``run_job``) in a fresh process;
+    its last stdout line is the JSON answer."""
+    command = [sys.executable, str(script or __file__), "--child", json.dumps(payload)]
+    output = subprocess.run(command, capture_output=True, text=True, check=False)
     if output.returncode != 0:
         raise RuntimeError(output.stderr[-3000:])
     return json.loads(output.stdout.strip().splitlines()[-1])

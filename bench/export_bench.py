@@ -4,14 +4,16 @@
     python bench/export_bench.py --jobs fp16-hf w4g64-gguf         # some of them
     python bench/export_bench.py --jobs fp16-hf --windows 2        # a quick smoke run (not the protocol)
 
-Each job runs a recipe in its own process (``bench/common.py``): the model variant is made, evaluated
-(WikiText-2 test, seqlen 512, first 64 windows, 2 threads), exported, reloaded from disk the way a user
-loads it and evaluated again on the same 64 windows (``export.check_windows``). Quantized variants use
-``kernel: dequant``, so "before" is the exact fp32 math of the stored weights, like the reloaded model.
+Each variant runs in its own process: the model is made once, evaluated once (WikiText-2 test, seqlen
+512, first 64 windows, 2 threads: "ppl before export"), then exported in each of its formats; every
+artifact is reloaded from disk the way a user loads it and evaluated again on the same 64 windows
+(``export.check_windows``). Quantized variants use ``kernel: dequant``, so "before" is the exact fp32
+math of the stored weights, like the reloaded model. Peak RSS is the variant's process.
 
-Variants: fp32 (the GGUF's dequantized weights), fp16 (a cast), int8 (RTN 8-bit per channel, symmetric,
+Variants: fp32 (the GGUF's dequantized weights), written as fp32 and as fp16 (a cast at export: "before" is
+the fp32 model, "after" the fp16 file scored in fp32 math), int8 (RTN 8-bit per channel, symmetric,
 lm_head and the tied embedding at 8 bits), w4g64 (RTN 4-bit groups of 64, symmetric, lm_head and the tied
-embedding at 8 bits per channel), pruned50 (magnitude 50% unstructured, fp16, dense vs sparse hf folder).
+embedding at 8 bits per channel), pruned50 (magnitude 50% unstructured, written fp16, dense vs sparse hf folder).
 "Promised" is what the stored schemes add up to (tensor bytes, before file headers and tokenizer files).
 """
 
@@ -31,29 +33,75 @@ from bench.common import PROTOCOL, in_child, load_rows, recipe_for  # noqa: E402
 from bench.eval_vs_plain import smollm2_gguf  # noqa: E402
 
 EMBED8 = {"lm_head": True, "overrides": [{"pattern": "lm_head", "bits": 8, "group_size": 0}], "kernel": "dequant"}
-VARIANTS = {
-    "fp32": None,
-    "fp16": {"quantize": {"method": "fp16"}},
-    "int8": {"quantize": {"method": "rtn", "bits": 8, "lm_head": True, "kernel": "dequant"}},
-    "w4g64": {"quantize": {"method": "rtn", "bits": 4, "group_size": 64, **EMBED8}},
+PRUNE = {"prune": {"method": "magnitude", "sparsity": 0.5}}
+# the model each job exports; jobs of one variant share it and its "before" evaluation
+VARIANTS: dict[str, list[dict]] = {
+    "fp32": [],
+    "int8": [{"quantize": {"method": "rtn", "bits": 8, "lm_head": True, "kernel": "dequant"}}],
+    "w4g64": [{"quantize": {"method": "rtn", "bits": 4, "group_size": 64, **EMBED8}}],
+    "pruned50": [PRUNE],
 }
 FORMATS = ("hf", "compressed-tensors", "gguf")
-PRUNE = {"prune": {"method": "magnitude", "sparsity": 0.5}}
-JOBS: dict[str, tuple[list[dict], dict]] = {
-    **{f"{variant}-{fmt}": ([step] if step else [], {"format": fmt}) for variant, step in VARIANTS.items()
-       for fmt in FORMATS},
-    "pruned50-dense": ([PRUNE, VARIANTS["fp16"]], {"format": "hf", "sparse": False}),
-    "pruned50-sparse": ([PRUNE, VARIANTS["fp16"]], {"format": "hf", "sparse": "auto"}),
+# fp16 artifacts are written from the fp32 model (a 16-bit CPU matmul is ~12x slower than fp32 here, so a
+# model cast in memory could not be evaluated in time); the reload is scored in fp32 math on fp16 values
+FP16 = {"hf": {"dtype": "fp16"}, "compressed-tensors": {"dtype": "fp16"}, "gguf": {"gguf_type": "F16"}}
+JOBS: dict[str, tuple[str, dict]] = {
+    **{f"fp32-{fmt}": ("fp32", {"format": fmt, **({"gguf_type": "F32"} if fmt == "gguf" else {})}) for fmt in FORMATS},
+    **{f"fp16-{fmt}": ("fp32", {"format": fmt, **FP16[fmt]}) for fmt in FORMATS},
+    **{f"{variant}-{fmt}": (variant, {"format": fmt}) for variant in ("int8", "w4g64") for fmt in FORMATS},
+    "pruned50-dense": ("pruned50", {"format": "hf", "sparse": False, "dtype": "fp16"}),
+    "pruned50-sparse": ("pruned50", {"format": "hf", "sparse": "auto", "dtype": "fp16"}),
 }
 
 
-def job_recipe(name: str, model_dir: str, work: Path, windows: int | None) -> dict:
-    steps, export = JOBS[name]
-    recipe = recipe_for(model_dir, steps, latency=False)
-    if windows is not None:  # a smoke run: fewer windows than the protocol's 64
-        recipe["evaluation"]["max_windows"] = windows
-    recipe["export"] = {**export, "path": str(work / name), "check_windows": 0}  # 0: every evaluation window
-    return recipe
+def run_variant(recipe: dict, exports: dict[str, dict]) -> dict[str, dict]:
+    """In a child: make the recipe's model once, evaluate it once, export it as each of ``exports`` says.
+
+    The rows have the shape of a pipeline row with an export (``details.export``)."""
+    import resource
+
+    import torch
+
+    from core import models, pipeline, steps
+    from core.export import ExportSpec, export_model
+    from core.specs import Recipe
+
+    torch.set_num_threads(2)
+    parsed = Recipe.from_dict(recipe)
+    loaded = models.load(parsed.model, device=parsed.device)
+    model = models.clone(loaded.model) if parsed.steps else loaded.model
+    context = pipeline.step_context(parsed, loaded, None, None)
+    started = time.perf_counter()
+    reports = [steps.apply_step(model, step.parsed, context) for step in parsed.steps]
+    step_s = time.perf_counter() - started
+    measured = pipeline.measure(model, loaded, parsed.evaluation)
+    rows = {}
+    for name, export in exports.items():
+        result = export_model(model, loaded.tokenizer, ExportSpec.from_dict(export), measured.windows,
+                              recipe=parsed.to_dict(), metrics=measured.row_fields(),
+                              check_text=loaded.tokenizer.decode(measured.windows[0]),
+                              perplexity_before=measured.quality.perplexity)
+        rows[name] = {"perplexity": measured.quality.perplexity, "step_wall_s": step_s,
+                      "details": {"export": result.as_dict(), "steps": reports}}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {name: {**row, "peak_rss_bytes": peak} for name, row in rows.items()}
+
+
+def variant_jobs(names: list[str], model_dir: str, work: Path, windows: int | None) -> dict[str, tuple[dict, dict]]:
+    """{variant: (recipe, {job: export section})} for the chosen jobs, in the order first named."""
+    from core.export import ExportSpec
+
+    grouped: dict[str, tuple[dict, dict]] = {}
+    for name in names:
+        variant, export = JOBS[name]
+        ExportSpec.from_dict(export)  # a bad section fails here, before any model is made
+        if variant not in grouped:
+            recipe = recipe_for(model_dir, VARIANTS[variant], latency=False)
+            if windows is not None:  # a smoke run: fewer windows than the protocol's 64
+                recipe["evaluation"]["max_windows"] = windows
+            grouped[variant] = (recipe, {})
+        grouped[variant][1][name] = {**export, "path": str(work / name), "check_windows": 0}  # 0: every window
+    return grouped
 
 
 def mb(value: float) -> str:
@@ -111,17 +159,21 @@ def main() -> None:
     model_dir = str(models.gguf_as_folder(models.resolve(smollm2_gguf())))
     rows = load_rows(args.out)
     work = Path(tempfile.mkdtemp(prefix="squeezelab-export-bench-"))
-    for name in args.jobs:
+    for variant, (recipe, exports) in variant_jobs(args.jobs, model_dir, work, args.windows).items():
         started = time.perf_counter()
-        rows[name] = in_child(job_recipe(name, model_dir, work, args.windows))
-        export = rows[name]["details"]["export"]
-        print(f"{name}: {mb(export['size_bytes'])} MB, perplexity {export['perplexity_before']:.3f} -> "
-              f"{export['perplexity_after']:.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
+        done = in_child([recipe, exports], script=Path(__file__))
+        rows.update(done)
+        for name, row in done.items():
+            export = row["details"]["export"]
+            print(f"{name}: {mb(export['size_bytes'])} MB, perplexity {export['perplexity_before']:.3f} -> "
+                  f"{export['perplexity_after']:.3f}", flush=True)
+        print(f"{variant}: {time.perf_counter() - started:.0f} s", flush=True)
         args.out.write_text(json.dumps(rows, indent=1))
         if not args.keep:
             import shutil
 
-            shutil.rmtree(work / name, ignore_errors=True)
+            for name in exports:
+                shutil.rmtree(work / name, ignore_errors=True)
     windows = f"first {args.windows} windows (smoke run, not the protocol)" if args.windows else "64 windows"
     print(f"{PROTOCOL}; export check on the same {windows}")
     print(table({name: rows[name] for name in JOBS if name in rows}))
@@ -131,4 +183,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--child"]:
+        print(json.dumps(run_variant(*json.loads(sys.argv[2]))))
+    else:
+        main()

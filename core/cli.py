@@ -100,7 +100,8 @@ def _add_quantize_parser(commands) -> None:
     qu.add_argument("--bits", type=int, default=4, help="2 to 8")
     qu.add_argument("--group-size", type=int, default=0, help="input columns per scale (0: one per output channel)")
     qu.add_argument("--asymmetric", action="store_true", help="a zero point per group (default: symmetric)")
-    qu.add_argument("--act-order", action="store_true", help="gptq: columns by decreasing Hessian diagonal")
+    qu.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True,
+                    help="gptq: columns by decreasing Hessian diagonal (default: on)")
     qu.add_argument("--kernel", default="auto", help="auto | dequant | int8_weight_only | int4_weight_only | "
                                                      "int8_dynamic")
     qu.add_argument("--lm-head", action="store_true", help="also quantize lm_head (RTN)")
@@ -279,7 +280,7 @@ def quantize_params(args: argparse.Namespace) -> dict:
     params = {"method": args.method, "bits": args.bits, "group_size": args.group_size or None,
               "symmetric": not args.asymmetric, "act_order": args.act_order, "kernel": args.kernel,
               "lm_head": args.lm_head, "include": args.include, "exclude": args.exclude}
-    defaults = {"group_size": None, "symmetric": True, "act_order": False, "kernel": "auto", "lm_head": False}
+    defaults = {"group_size": None, "symmetric": True, "act_order": True, "kernel": "auto", "lm_head": False}
     return {key: value for key, value in params.items()
             if value is not None and (key not in defaults or defaults[key] != value)}
 

@@ -253,13 +253,18 @@ def _reload(kind: str, path: Path, dtype: torch.dtype | None, kernel: str | None
 # ---- the check ----
 
 
+def _fast_kernels(model: nn.Module) -> Iterator[QuantLinear]:
+    """The QuantLinear layers that do not run the exact fp32 dequantize math."""
+    return (m for m in model.modules() if isinstance(m, QuantLinear) and m.kernel != "dequant")
+
+
 @contextlib.contextmanager
 def exact_kernels(model: nn.Module) -> Iterator[nn.Module]:
     """Run every QuantLinear with the dequantize kernel (fp32 math) inside the block, then restore each kernel.
 
     Fast kernels compute in bf16; comparing the file with the model needs the same exact math on both sides.
     """
-    changed = [(m, m.kernel) for m in model.modules() if isinstance(m, QuantLinear) and m.kernel != "dequant"]
+    changed = [(m, m.kernel) for m in _fast_kernels(model)]
     for module, _ in changed:
         module.use_kernel("dequant")
     try:
@@ -306,9 +311,15 @@ def _stage(on_progress, name: str):
 
 
 def _verify(model: nn.Module, tokenizer, spec: ExportSpec, folder: Path, report: WriteReport, windows: torch.Tensor,
-            check_text: str | None, on_progress, cancel) -> dict[str, Any]:
-    """Reload the artifact from ``folder`` and compare it with the model on the check windows."""
+            check_text: str | None, on_progress, cancel, known_before: float | None = None) -> dict[str, Any]:
+    """Reload the artifact from ``folder`` and compare it with the model on the check windows.
+
+    ``known_before`` is the model's perplexity on all of ``windows``, already measured: it stands for
+    "before" when the check scores all of them and every layer already runs the exact (dequantize) math.
+    """
+    every_window = not spec.check_windows or spec.check_windows >= windows.shape[0]
     windows = windows[: spec.check_windows] if spec.check_windows else windows
+    reuse_before = known_before is not None and every_window and next(_fast_kernels(model), None) is None
     dtype = next(model.parameters()).dtype
     if on_progress:
         on_progress("export: reload", 0.0)
@@ -318,8 +329,8 @@ def _verify(model: nn.Module, tokenizer, spec: ExportSpec, folder: Path, report:
     reloaded, reloaded_tokenizer = _reload(kind, folder / gguf_file if gguf_file else folder, dtype, "dequant")
     reload_s = time.perf_counter() - started
     with exact_kernels(model):
-        before = evaluate.evaluate_quality(model, windows, on_progress=_stage(on_progress, "export: check (before)"),
-                                           cancel=cancel).perplexity
+        before = known_before if reuse_before else evaluate.evaluate_quality(
+            model, windows, on_progress=_stage(on_progress, "export: check (before)"), cancel=cancel).perplexity
         reference = None
         if report.details.get("reference"):
             simulated = _reference_model(model, report.details["reference"])
@@ -350,11 +361,14 @@ def export_model(
     check_text: str | None = None,
     on_progress: Callable[[str, float], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    perplexity_before: float | None = None,
 ) -> ExportResult:
     """Write ``model`` as ``spec`` says to ``out`` (default ``spec.path``), reload it, check it, move it into place.
 
     ``windows`` [n, seqlen] are evaluation windows (the first ``spec.check_windows`` are scored);
     ``recipe`` and ``metrics`` (a result row's fields) go into ``squeezelab.json`` and the model card.
+    ``perplexity_before``: the model's perplexity on all of ``windows`` if the caller just measured it,
+    so the check does not score the same windows twice.
     Raises SpecError (the model cannot be written in this format) or ExportError (the path) with nothing
     left behind; the model is not changed.
     """
@@ -375,7 +389,8 @@ def export_model(
         started = time.perf_counter()
         report = _write(model, tokenizer, spec, scratch, cancel)
         export_s = time.perf_counter() - started
-        check = _verify(model, tokenizer, spec, scratch, report, windows, check_text, on_progress, cancel)
+        check = _verify(model, tokenizer, spec, scratch, report, windows, check_text, on_progress, cancel,
+                        perplexity_before)
         result = ExportResult(
             format=spec.format, path=str(target), zip_path=str(zip_path) if zip_path else None,
             gguf_file=report.details.get("gguf_file"), squeezelab_format=is_squeezelab_folder(scratch),

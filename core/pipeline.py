@@ -197,7 +197,8 @@ def export_step(model: torch.nn.Module, loaded: models.LoadedModel, recipe: Reci
     if model is loaded.model and any(isinstance(m, QuantLinear) for m in model.modules()):
         model = models.clone(model)  # the check switches kernels for a moment: never on a shared (cached) model
     kwargs = {"recipe": recipe.to_dict(), "metrics": metrics, "on_progress": on_progress, "cancel": cancel,
-              "check_text": loaded.tokenizer.decode(measured.windows[0])}
+              "check_text": loaded.tokenizer.decode(measured.windows[0]),
+              "perplexity_before": measured.quality.perplexity}
     if spec.path:
         return export_model(model, loaded.tokenizer, spec, measured.windows, **kwargs)
     name = artifact_name(recipe.model, spec)

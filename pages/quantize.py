@@ -54,7 +54,7 @@ def scheme_params(method: str) -> dict:
     symmetric = left.checkbox("Symmetric (no zero point)", True, key="quant_symmetric", **SESSION)
     params = {"bits": bits, "group_size": group, "symmetric": symmetric}
     if method == "gptq":
-        params["act_order"] = right.checkbox("Act-order (columns by decreasing Hessian diagonal)", False,
+        params["act_order"] = right.checkbox("Act-order (columns by decreasing Hessian diagonal)", True,
                                              key="quant_act_order", **SESSION)
     params["kernel"] = st.selectbox("Kernel", list(KERNELS), format_func=KERNELS.get, key="quant_kernel", **SESSION)
     width = max(widths)

@@ -24,7 +24,7 @@ from core.distill import (
 )
 from core.distill_loss import distill_loss, hidden_mse, kd_kl
 from core.distill_qat import FakeQuantLinear, fake_quantize_, repack_
-from core.distill_train import hidden_pairs
+from core.distill_train import _Trainer, hidden_pairs
 from core.errors import SpecError, TextSourceError
 from core.layers import block_linear_layers, decoder_blocks
 from core.prune import PruneSpec, prune_
@@ -273,6 +273,25 @@ def test_teacher_is_left_as_it_was(teacher, train_ids):
     assert all(torch.equal(before[k], v) for k, v in teacher.model.state_dict().items())
     assert [p.requires_grad for p in teacher.model.parameters()] == flags
     assert all(p.grad is None for p in teacher.model.parameters()) and not teacher.model.training
+
+
+def test_one_training_step_lowers_the_loss_on_a_fixed_batch(teacher, student, train_ids):
+    """Training ids exactly one window long: every batch the trainer draws is the same fixed batch."""
+    spec = DistillSpec(student="self", steps=1, lr=1e-3, batch_size=2, seqlen=64, eval_every=0, eval_windows=1,
+                       text="sample-train")
+    model = models.clone(student.model)
+    trainer = _Trainer(model, teacher.model, spec, train_ids[:64], 64)
+    batch = trainer._batch()
+    assert torch.equal(batch, train_ids[:64].expand(2, 64))
+    with torch.no_grad():
+        before = trainer._loss(batch)
+    record = trainer.step(0, 0.0)
+    with torch.no_grad():
+        after = trainer._loss(batch)
+    assert record.lr == pytest.approx(1e-3) and record.grad_norm > 0
+    assert record.loss == pytest.approx(float(before.total), rel=1e-4)  # the step saw exactly this batch
+    assert float(after.total) < 0.95 * float(before.total), (float(before.total), float(after.total))
+    assert after.kd < before.kd and after.ce < before.ce
 
 
 def test_a_short_kd_run_lowers_the_students_held_out_perplexity(teacher, train_ids):

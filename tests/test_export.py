@@ -148,6 +148,25 @@ def test_hf_folder_of_a_quantized_model_reloads_to_the_same_outputs(teacher, win
     assert record["export"]["check_passed"] and record["versions"]["torch"] == torch.__version__
 
 
+def test_the_check_reuses_a_measured_perplexity_only_for_the_same_windows_and_math(teacher, windows,
+                                                                                   tmp_path: Path) -> None:
+    """A perplexity the caller just measured stands for "before" only when the check would score the
+    same windows with the same exact math; otherwise the check measures it itself."""
+    measured = 123.0  # deliberately not the model's: shows which "before" the check used
+    exact = quantized(teacher, {**Q4_G64_EMBED8, "kernel": "dequant"})
+    reused = export_model(exact, teacher.tokenizer, ExportSpec(format="hf"), windows, out=tmp_path / "a",
+                          perplexity_before=measured)
+    assert reused.perplexity_before == measured and not reused.check_passed  # 123 is far from the reload's
+    subset = export_model(exact, teacher.tokenizer, ExportSpec(format="hf", check_windows=1), windows,
+                          out=tmp_path / "b", perplexity_before=measured)
+    assert subset.perplexity_before != measured and subset.check_passed
+    fast = quantized(teacher, Q4_G64_EMBED8)
+    assert any(m.kernel != "dequant" for m in fast.modules() if isinstance(m, QuantLinear))
+    own = export_model(fast, teacher.tokenizer, ExportSpec(format="hf"), windows, out=tmp_path / "c",
+                       perplexity_before=measured)
+    assert own.perplexity_before != measured and own.check_passed
+
+
 def test_hf_folder_of_a_dense_model_is_a_plain_transformers_folder(teacher, windows, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
