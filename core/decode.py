@@ -5,7 +5,9 @@ as much time in Python and small tensor ops (cache objects, masks, reshapes, mod
 reading the weights, so a faster matmul kernel hardly shows in tokens/s. This loop runs the
 model's own weights and linear layers (whatever their kernel) with the same math, but keeps keys
 and values in one preallocated tensor per layer, rotates queries and keys with one small matmul,
-and calls each layer's matmul directly. Its logits equal the model's forward (tests check that),
+calls each layer's matmul directly, and runs layers that read the same input (q/k/v, gate/up) as
+one stacked matmul where their kernel allows it exactly (plain fp weights, fbgemm int8 with a
+scale per row). The stacked weights are a copy held while the loop lives. Its logits equal the model's forward (tests check that),
 so what it times is the model; every model runs the same loop, so speed-ups compare like with like.
 
 Models it cannot run exactly (other block layouts, sliding windows, Gemma-style norms, ...) are
@@ -77,6 +79,22 @@ def _matmul(module: nn.Module) -> Fn:
     return module
 
 
+def _stacked_matmul(modules: list[nn.Module], row_factors: list[float]) -> Fn | None:
+    """One matmul for layers that read the same input, each layer's output rows times its factor
+    (None when their kernels cannot be stacked exactly): entering one kernel instead of three is
+    what counts at batch 1, where a decode step is mostly per-call overhead."""
+    if all(type(m) is nn.Linear for m in modules):
+        weight = torch.cat([m.weight.detach() * f for m, f in zip(modules, row_factors, strict=True)])
+        bias = None
+        if any(m.bias is not None for m in modules):
+            bias = torch.cat([m.bias.detach() * f if m.bias is not None else weight.new_zeros(m.out_features)
+                              for m, f in zip(modules, row_factors, strict=True)])
+        return lambda x: F.linear(x, weight, bias)
+    # QuantLinear offers its own stacking (looked up on the class: core.qlinear imports this module's users)
+    stack = getattr(type(modules[0]), "stacked_matmul", None)
+    return stack(modules, row_factors) if stack is not None else None
+
+
 def _norm(module: nn.Module) -> Fn:
     """The standard RMSNorm with its weight bound (transformers' formula, fp32 inside), else the module."""
     weight, eps = getattr(module, "weight", None), getattr(module, "variance_epsilon", None)
@@ -101,9 +119,15 @@ class _Layer:
         self.act = F.silu if type(mlp.act_fn).__name__ in ("SiLU", "SiLUActivation") else mlp.act_fn
         self.attn_norm, self.mlp_norm = _norm(layer.input_layernorm), _norm(layer.post_attention_layernorm)
         self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
-        self.scaling = attn.scaling
         self.heads = attn.q_proj.out_features // head_dim
         self.kv_heads = attn.k_proj.out_features // head_dim
+        # q/k/v as one matmul; the attention scaling goes into the query rows, unless a per-head
+        # norm (Qwen3) follows the projection and would undo it
+        fold = self.q_norm is None
+        self.qkv = _stacked_matmul([attn.q_proj, attn.k_proj, attn.v_proj], [attn.scaling if fold else 1.0, 1.0, 1.0])
+        self.query_scale = 1.0 if self.qkv is not None and fold else attn.scaling  # still to apply to queries
+        self.qkv_widths = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
+        self.gate_up = _stacked_matmul([mlp.gate_proj, mlp.up_proj], [1.0, 1.0])
         shape = (self.kv_heads, max_len, head_dim)
         self.keys = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
         self.values = torch.zeros(shape, device=weight.device, dtype=weight.dtype)
@@ -123,7 +147,7 @@ class StaticDecoder:
         cos, sin = self.inner.rotary_emb(torch.empty(0, device=weight.device, dtype=weight.dtype), positions)
         self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
         self.rotations = _rotation_matrices(self.cos, self.sin)  # [max_len, head_dim, head_dim]
-        # queries also carry the attention scaling, folded into their rotation (one op less per layer)
+        # queries not already scaled by their projection get the scaling in their rotation (one op less)
         self.query_rotations = self.rotations * self.inner.layers[0].self_attn.scaling
         self.layers = [_Layer(layer, self.head_dim, max_len, weight) for layer in self.inner.layers]
         self.final_norm, self.lm_head = _norm(self.inner.norm), _matmul(model.lm_head)
@@ -139,32 +163,62 @@ class StaticDecoder:
             x = norm(x)
         return x.transpose(0, 1)
 
+    def _one_token_qkv(self, layer: _Layer, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Queries [heads, d] (scaled, rotated) of one token x [1, hidden]; its key and value go to the cache.
+
+        With stacked q/k/v and no per-head norms, queries and keys are rotated by one matmul."""
+        if layer.qkv is not None and layer.q_norm is None and layer.k_norm is None:
+            y = layer.qkv(x)[0]
+            qk_width = layer.qkv_widths[0] + layer.qkv_widths[1]
+            qk = y[:qk_width].view(-1, self.head_dim) @ self.rotations[start]  # queries pre-scaled
+            layer.keys[:, start] = qk[layer.heads:]
+            layer.values[:, start] = y[qk_width:].view(layer.kv_heads, self.head_dim)
+            return qk[:layer.heads]
+        q, k, v = self._projections(layer, x)
+        layer.keys[:, start:start + 1] = k @ self.rotations[start]
+        layer.values[:, start:start + 1] = v
+        rotation = self.rotations[start] if layer.query_scale == 1.0 else self.query_rotations[start]
+        return (q @ rotation).view(layer.heads, self.head_dim)
+
+    def _projections(self, layer: _Layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [heads, tokens, d] of x [tokens, hidden], before rotation."""
+        if layer.qkv is not None:
+            q, k, v = layer.qkv(x).split(layer.qkv_widths, dim=1)
+        else:
+            q, k, v = layer.q(x), layer.k(x), layer.v(x)
+        return (self._heads(q, layer.heads, layer.q_norm), self._heads(k, layer.kv_heads, layer.k_norm),
+                self._heads(v, layer.kv_heads, None))
+
     def _attention(self, layer: _Layer, x: torch.Tensor, start: int) -> torch.Tensor:
         """Self-attention of the new tokens x [tokens, hidden] (positions start..) over the cache."""
         tokens, end = x.shape[0], start + x.shape[0]
-        q = self._heads(layer.q(x), layer.heads, layer.q_norm)
-        k = self._heads(layer.k(x), layer.kv_heads, layer.k_norm)
-        if tokens == 1:
-            q, k = q @ self.query_rotations[start], k @ self.rotations[start]
-        else:
-            cos, sin = self.cos[start:end], self.sin[start:end]
-            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-        layer.keys[:, start:end] = k
-        layer.values[:, start:end] = self._heads(layer.v(x), layer.kv_heads, None)
-        keys, values = layer.keys[:, :end], layer.values[:, :end]
         group = layer.heads // layer.kv_heads
         if tokens == 1:
+            q = self._one_token_qkv(layer, x, start)
+            keys, values = layer.keys[:, :end], layer.values[:, :end]
             # One query per head: a grouped matmul on the cache slice; the fused CPU attention
             # kernels are tuned for long queries and slow on a strided cache.
-            grouped = q.reshape(layer.kv_heads, group, self.head_dim)
+            grouped = q.view(layer.kv_heads, group, self.head_dim)
             scores = torch.bmm(grouped, keys.transpose(1, 2))  # q already scaled
             out = torch.bmm(scores.softmax(dim=-1), values).view(1, -1)
+            return layer.o(out)
+        q, k, v = self._projections(layer, x)
+        cos, sin = self.cos[start:end], self.sin[start:end]
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        layer.keys[:, start:end], layer.values[:, start:end] = k, v
+        keys, values = layer.keys[:, :end], layer.values[:, :end]
+        out = F.scaled_dot_product_attention(q, keys.repeat_interleave(group, dim=0),
+                                             values.repeat_interleave(group, dim=0),
+                                             is_causal=True, scale=layer.query_scale)
+        return layer.o(out.transpose(0, 1).reshape(tokens, -1))
+
+    @staticmethod
+    def _mlp(layer: _Layer, x: torch.Tensor) -> torch.Tensor:
+        if layer.gate_up is not None:
+            gate, up = layer.gate_up(x).chunk(2, dim=-1)
         else:
-            out = F.scaled_dot_product_attention(q, keys.repeat_interleave(group, dim=0),
-                                                 values.repeat_interleave(group, dim=0),
-                                                 is_causal=True, scale=layer.scaling)
-            out = out.transpose(0, 1).reshape(tokens, -1)
-        return layer.o(out)
+            gate, up = layer.gate(x), layer.up(x)
+        return layer.down(layer.act(gate) * up)
 
     @torch.inference_mode()
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -177,7 +231,6 @@ class StaticDecoder:
         h = self.inner.embed_tokens(token_ids[0])  # [tokens, hidden]
         for layer in self.layers:
             h = h + self._attention(layer, layer.attn_norm(h), start)
-            x = layer.mlp_norm(h)
-            h += layer.down(layer.act(layer.gate(x)) * layer.up(x))
+            h += self._mlp(layer, layer.mlp_norm(h))
         self.length = start + tokens
         return self.lm_head(self.final_norm(h[-1:]))

@@ -23,7 +23,7 @@ the result row's ``kernel`` field names it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -157,6 +157,27 @@ class QuantLinear(nn.Module):
 
             return one_token_int8
         return self.forward
+
+    @staticmethod
+    def stacked_matmul(layers: Sequence[nn.Module], row_factors: Sequence[float]
+                       ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """One fbgemm call for int8_dynamic layers that read the same input (q/k/v, gate/up).
+
+        Their int8 rows and per-row scales are stacked into one packed matrix (each layer's scales times
+        its factor). With one scale per weight row and one activation range per call, the stacked output
+        equals the separate outputs side by side, while the input is quantized once and the kernel is
+        entered once. None when a layer is not int8_dynamic on fbgemm or has a bias.
+        """
+        if not all(isinstance(layer, QuantLinear) and layer._prepacked is not None and layer.bias is None
+                   for layer in layers):
+            return None
+        rows, scales = [], []
+        for layer, factor in zip(layers, row_factors, strict=True):
+            weight, _ = torch.ops.quantized.linear_unpack(layer._prepacked)
+            rows.append(weight.int_repr())
+            scales.append(weight.q_per_channel_scales() * factor)
+        prepacked = _fbgemm_prepack(torch.cat(rows), torch.cat(scales))
+        return lambda x: _fbgemm_per_token_matmul(x, prepacked)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "dequant":

@@ -82,3 +82,34 @@ def test_latency_names_the_loop_that_ran(family, loop):
     metrics = measure_latency(tiny_causal_lm(family), torch.arange(10, 18), new_tokens=3, warmup=1, runs=2)
     assert metrics.loop == loop
     assert metrics.decode_tok_s > 0
+
+
+def test_stacked_int8_matmul_equals_the_layers_side_by_side():
+    model = tiny_causal_lm("llama")
+    quantize_(model, QuantizeSpec(method="int8_dynamic"))
+    attn = model.model.layers[0].self_attn
+    parts = [attn.q_proj, attn.k_proj, attn.v_proj]
+    stacked = type(attn.q_proj).stacked_matmul(parts, [0.5, 1.0, 1.0])
+    x = torch.randn(1, attn.q_proj.in_features, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        expected = torch.cat([parts[0](x) * 0.5, parts[1](x), parts[2](x)], dim=1)
+        torch.testing.assert_close(stacked(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_loop_stacks_qkv_and_gate_up_only_where_it_is_exact():
+    dense = decode.StaticDecoder(tiny_causal_lm("llama"), 8).layers[0]
+    assert dense.qkv is not None and dense.gate_up is not None and dense.query_scale == 1.0
+    qwen3 = decode.StaticDecoder(MODELS["qwen3"](), 8).layers[0]  # per-head norms: scaling stays outside
+    assert qwen3.qkv is not None and qwen3.query_scale != 1.0
+    grouped = tiny_causal_lm("llama")
+    quantize_(grouped, QuantizeSpec(method="rtn", bits=4, group_size=16, kernel="dequant"))
+    unstacked = decode.StaticDecoder(grouped, 8).layers[0]
+    assert unstacked.qkv is None and unstacked.gate_up is None and unstacked.query_scale != 1.0
+
+
+def test_unstacked_layers_give_the_forward_logits_too():
+    model = tiny_causal_lm("llama")
+    quantize_(model, QuantizeSpec(method="rtn", bits=4, group_size=16, kernel="dequant"))
+    ids = torch.randint(0, 300, (1, 10), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(_static_logits(model, ids, prefill=4), _reference_logits(model, ids)[3:],
+                               atol=1e-4, rtol=1e-4)
