@@ -38,6 +38,7 @@ PEER_JOBS = {
     "llmc-sparsegpt-50": {"kind": "sparsegpt", "sparsity": 0.5, "mask_structure": "0:0"},
     "llmc-wanda-50": {"kind": "wanda", "sparsity": 0.5, "mask_structure": "0:0"},
     "llmc-sparsegpt-24": {"kind": "sparsegpt", "sparsity": 0.5, "mask_structure": "2:4"},
+    "llmc-wanda-24": {"kind": "wanda", "sparsity": 0.5, "mask_structure": "2:4"},
 }
 
 
