@@ -48,7 +48,7 @@ class FakeQuantLinear(nn.Linear):
         groups = self.scale.shape[1]
         scale, zero = self.scale.unsqueeze(2), self.zero.unsqueeze(2)  # [out, groups, 1]
         grouped = latent.detach().view(self.out_features, groups, -1)
-        codes = torch.round(grouped / scale).add_(zero).clamp_(0, self.scheme.levels)
+        codes = torch.round(grouped / scale).add_(zero).clamp_(*self.scheme.code_bounds())
         rounded = ((codes - zero) * scale).view_as(latent)
         return latent + (rounded - latent.detach())
 
@@ -57,7 +57,7 @@ class FakeQuantLinear(nn.Linear):
 
     def packed(self) -> QuantLinear:
         """A QuantLinear holding the latent weights rounded to the grid (same scheme, scales, kernel)."""
-        codes = quantize_codes(self.weight.detach(), self.scale, self.zero, self.scheme.bits)
+        codes = quantize_codes(self.weight.detach(), self.scale, self.zero, self.scheme.bits, self.scheme.code_bounds())
         matrix = QuantizedMatrix(codes, self.scale, self.zero)
         layer = QuantLinear.from_matrix(matrix, self.scheme, self.bias, self.bias_dtype)
         if self.kernel != "dequant":

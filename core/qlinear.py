@@ -15,7 +15,9 @@ and ``bias``. What runs in ``forward`` is the layer's *kernel*:
                            stored form in memory).
 * ``int8_dynamic``      - 8-bit symmetric per channel weights and int8 activations with one scale per
                            token, computed on the fly: fbgemm's dynamic int8 linear on CPU (weights
-                           prepacked once), an int8 x int8 -> int32 ``torch._int_mm`` on CUDA.
+                           prepacked once), an int8 x int8 -> int32 ``torch._int_mm`` on CUDA. Its
+                           weights are rounded to codes within +-64 (``FBGEMM_SAFE_RADIUS``), which
+                           lets fbgemm take 8-bit activations instead of 7 (see ``_fbgemm_reduce_range``).
 
 ``core.quantize`` chooses the kernel (``auto`` picks the fastest that exists for the device) and
 the result row's ``kernel`` field names it.
@@ -33,6 +35,8 @@ from core.errors import SpecError
 from core.quant_math import QuantizedMatrix, QuantScheme, dequantize_codes, pack_codes, packed_columns, unpack_codes
 
 KERNELS = ("dequant", "int8_weight_only", "int4_weight_only", "int8_dynamic")
+# int8 weight codes within +-64 never overflow fbgemm's int16 pair sums with full 8-bit activations
+FBGEMM_SAFE_RADIUS = 64
 INT4_GROUPS = (32, 64, 128, 256)
 
 
@@ -58,6 +62,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("kernel_weight", None, persistent=False)  # int4: the kernel's own layout
         self.register_buffer("kernel_scales", None, persistent=False)
         self._prepacked = None  # int8_dynamic on CPU: fbgemm's packed weight object
+        self._reduce_range = True  # ... and whether it must quantize activations to 7 bits
 
     @classmethod
     def from_matrix(cls, matrix: QuantizedMatrix, scheme: QuantScheme, bias: torch.Tensor | None,
@@ -141,6 +146,7 @@ class QuantLinear(nn.Module):
             self.qweight = torch.empty(0, dtype=torch.uint8, device=device)  # one copy in memory
         elif kernel == "int8_dynamic" and device.type == "cpu":
             self._prepacked = _fbgemm_prepack(self.qweight, self.kernel_scales)
+            self._reduce_range = _fbgemm_reduce_range(self.qweight)
             self.qweight = torch.empty(0, dtype=torch.int8, device=device)
             self.kernel_scales = None
 
@@ -148,11 +154,11 @@ class QuantLinear(nn.Module):
         """A callable for 2-D inputs [tokens, in] that skips the reshapes of ``forward`` where it can
         (used by the decode loop of ``core.decode``, where per-call overhead is what limits speed)."""
         if self._prepacked is not None and self.bias is None:
-            prepacked = self._prepacked
+            prepacked, reduce_range = self._prepacked, self._reduce_range
 
             def one_token_int8(x: torch.Tensor) -> torch.Tensor:
                 if x.shape[0] == 1 and x.dtype == torch.float32:
-                    return torch.ops.quantized.linear_dynamic(x, prepacked, True)
+                    return torch.ops.quantized.linear_dynamic(x, prepacked, reduce_range)
                 return self.forward(x)
 
             return one_token_int8
@@ -176,8 +182,9 @@ class QuantLinear(nn.Module):
             weight, _ = torch.ops.quantized.linear_unpack(layer._prepacked)
             rows.append(weight.int_repr())
             scales.append(weight.q_per_channel_scales() * factor)
-        prepacked = _fbgemm_prepack(torch.cat(rows), torch.cat(scales))
-        return lambda x: _fbgemm_per_token_matmul(x, prepacked)
+        weight_int8 = torch.cat(rows)
+        prepacked, reduce_range = _fbgemm_prepack(weight_int8, torch.cat(scales)), _fbgemm_reduce_range(weight_int8)
+        return lambda x: _fbgemm_per_token_matmul(x, prepacked, reduce_range)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "dequant":
@@ -189,7 +196,7 @@ class QuantLinear(nn.Module):
         elif self.kernel == "int4_weight_only":
             out = _int4_matmul(self, flat)
         elif self._prepacked is not None:
-            out = _fbgemm_per_token_matmul(flat, self._prepacked)
+            out = _fbgemm_per_token_matmul(flat, self._prepacked, self._reduce_range)
         else:
             out = _int8_dynamic_matmul(flat, self.qweight, self.kernel_scales)
         out = out.reshape(*shape[:-1], self.out_features)
@@ -287,12 +294,23 @@ def _fbgemm_prepack(weight_int8: torch.Tensor, scales: torch.Tensor):  # noqa: A
     return torch.ops.quantized.linear_prepack(quantized, None)
 
 
+def _fbgemm_reduce_range(weight_int8: torch.Tensor) -> bool:
+    """Whether fbgemm must quantize the activations to 7 bits for these int8 weights [out, in].
+
+    Its AVX2 kernel multiplies uint8 activations by int8 weights and adds adjacent pairs in int16
+    (``vpmaddubsw``), which saturates once 2 * 255 * |w| > 32767. With every |w| <= 64 that cannot
+    happen, so full 8-bit activations are exact; other weights need ``reduce_range`` (7-bit
+    activations: half the resolution, the main int8 error on this kind of CPU).
+    """
+    return int(weight_int8.to(torch.int16).abs().max()) > FBGEMM_SAFE_RADIUS
+
+
 def _fbgemm_codes(prepacked) -> torch.Tensor:  # noqa: ANN001
     weight, _ = torch.ops.quantized.linear_unpack(prepacked)
     return (weight.int_repr().to(torch.int16) + 128).to(torch.uint8)
 
 
-def _fbgemm_per_token_matmul(flat: torch.Tensor, prepacked) -> torch.Tensor:  # noqa: ANN001
+def _fbgemm_per_token_matmul(flat: torch.Tensor, prepacked, reduce_range: bool) -> torch.Tensor:  # noqa: ANN001
     """fbgemm's dynamic int8 linear with a scale per token: x [tokens, in] -> [tokens, out].
 
     The kernel quantizes its whole input with one (min, max) range. Dividing every token by its own
@@ -302,9 +320,9 @@ def _fbgemm_per_token_matmul(flat: torch.Tensor, prepacked) -> torch.Tensor:  # 
     """
     x = flat.float()
     if x.shape[0] == 1:  # one token (a decode step): its own range is the per-tensor range
-        return torch.ops.quantized.linear_dynamic(x, prepacked, True).to(flat.dtype)
+        return torch.ops.quantized.linear_dynamic(x, prepacked, reduce_range).to(flat.dtype)
     peak = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-8)  # [tokens, 1]
-    out = torch.ops.quantized.linear_dynamic(x / peak, prepacked, True)
+    out = torch.ops.quantized.linear_dynamic(x / peak, prepacked, reduce_range)
     return (out * peak).to(flat.dtype)
 
 

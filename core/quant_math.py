@@ -31,6 +31,10 @@ class QuantScheme:
     bits: int = 4
     group_size: int | None = None
     symmetric: bool = True
+    # symmetric only: keep codes within zero +- code_radius (None: the full signed range). The stored
+    # form is unchanged (still ``bits`` per code); a narrower grid is what a kernel may need, e.g.
+    # int8_dynamic on fbgemm (see core.qlinear.FBGEMM_SAFE_RADIUS).
+    code_radius: int | None = None
 
     def __post_init__(self) -> None:
         low, high = BITS_RANGE
@@ -42,11 +46,21 @@ class QuantScheme:
                             f"or null for one scale per output channel, got {self.group_size!r}")
         if not isinstance(self.symmetric, bool):
             raise SpecError(f"symmetric must be true or false, got {self.symmetric!r}")
+        if self.code_radius is not None and (not self.symmetric or not 1 <= self.code_radius < 1 << (self.bits - 1)):
+            raise SpecError(f"code_radius must be from 1 to {(1 << (self.bits - 1)) - 1} on a symmetric scheme, "
+                            f"got {self.code_radius!r}")
 
     @property
     def levels(self) -> int:
         """Largest code, 2^bits - 1."""
         return (1 << self.bits) - 1
+
+    def code_bounds(self) -> tuple[int, int]:
+        """Smallest and largest code this scheme uses."""
+        if self.code_radius is None:
+            return 0, self.levels
+        zero = 1 << (self.bits - 1)
+        return zero - self.code_radius, zero + self.code_radius
 
     def group_width(self, columns: int) -> int:
         """Columns per scale for a matrix with ``columns`` inputs (all of them when per channel)."""
@@ -74,7 +88,7 @@ def qparams(weight: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Tensor, to
     width = scheme.group_width(columns)
     groups = weight.detach().float().reshape(rows, columns // width, width)
     if scheme.symmetric:
-        scale = groups.abs().amax(dim=2) / (scheme.levels / 2)
+        scale = groups.abs().amax(dim=2) / (scheme.code_radius or scheme.levels / 2)
         zero = torch.full_like(scale, float(1 << (scheme.bits - 1)))
     else:
         low = groups.amin(dim=2).clamp(max=0)
@@ -89,11 +103,14 @@ def _expand(per_group: torch.Tensor, columns: int) -> torch.Tensor:
     return per_group.repeat_interleave(columns // per_group.shape[1], dim=1)
 
 
-def quantize_codes(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
-    """Codes uint8 [out, in] = clamp(round(w / s) + z, 0, 2^bits - 1), with [out, groups] ``scale``/``zero``."""
+def quantize_codes(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
+                   bounds: tuple[int, int] | None = None) -> torch.Tensor:
+    """Codes uint8 [out, in] = clamp(round(w / s) + z, low, high), with [out, groups] ``scale``/``zero``;
+    ``bounds`` (low, high) default to the full range 0 .. 2^bits - 1."""
     columns = weight.shape[1]
+    low, high = bounds or (0, (1 << bits) - 1)
     codes = torch.round(weight.float() / _expand(scale, columns)) + _expand(zero, columns)
-    return codes.clamp_(0, (1 << bits) - 1).to(torch.uint8)
+    return codes.clamp_(low, high).to(torch.uint8)
 
 
 def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
@@ -107,7 +124,8 @@ def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tenso
 def fake_quantize(weight: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
     """Round-to-nearest quantize and dequantize ``weight`` [out, in]; same dtype as given."""
     scale, zero = qparams(weight, scheme)
-    return dequantize_codes(quantize_codes(weight, scale, zero, scheme.bits), scale, zero, weight.dtype)
+    codes = quantize_codes(weight, scale, zero, scheme.bits, scheme.code_bounds())
+    return dequantize_codes(codes, scale, zero, weight.dtype)
 
 
 @dataclass(frozen=True)
@@ -125,7 +143,7 @@ class QuantizedMatrix:
 def rtn_quantize(weight: torch.Tensor, scheme: QuantScheme) -> QuantizedMatrix:
     """Round-to-nearest: each weight to its nearest code with min-max scales per row or group."""
     scale, zero = qparams(weight, scheme)
-    return QuantizedMatrix(quantize_codes(weight, scale, zero, scheme.bits), scale, zero)
+    return QuantizedMatrix(quantize_codes(weight, scale, zero, scheme.bits, scheme.code_bounds()), scale, zero)
 
 
 def gptq_quantize(
@@ -172,7 +190,7 @@ def _gptq_block(w, u, order, codes, scale, zero, scheme: QuantScheme, start: int
     """Quantize columns [start, end) of the (permuted) ``w`` in place; return the scaled errors."""
     block, u_block = w[:, start:end], u[start:end, start:end]
     errors = torch.zeros_like(block)
-    width, levels = scheme.group_width(w.shape[1]), scheme.levels
+    width, (low, high) = scheme.group_width(w.shape[1]), scheme.code_bounds()
     for j in range(end - start):
         column_index = int(order[start + j])
         group = column_index // width
@@ -181,7 +199,7 @@ def _gptq_block(w, u, order, codes, scale, zero, scheme: QuantScheme, start: int
             scale[:, group], zero[:, group] = group_scale[:, 0], group_zero[:, 0]
         s, z = scale[:, group], zero[:, group]
         column = block[:, j]
-        q = torch.round(column / s).add_(z).clamp_(0, levels)
+        q = torch.round(column / s).add_(z).clamp_(low, high)
         codes[:, start + j] = q.to(torch.uint8)
         errors[:, j] = (column - (q - z) * s) / u_block[j, j]
         block[:, j + 1 :] -= errors[:, j : j + 1] * u_block[j : j + 1, j + 1 :]

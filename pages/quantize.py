@@ -93,8 +93,9 @@ if method in ("rtn", "gptq"):
     params["lm_head"] = st.checkbox("Also quantize lm_head (RTN)", False, key="quant_lm_head", **SESSION)
     params["overrides"] = overrides()
 elif method == "int8_dynamic":
-    st.caption("Weights: 8-bit symmetric, one scale per output channel. Activations: int8 with one scale per "
-               "token, computed at run time; the matmul runs on fbgemm's int8 kernel (CPU).")
+    st.caption("Weights: 8-bit symmetric, one scale per output channel, codes within ±64 so that fbgemm can "
+               "take 8-bit activations without int16 overflow. Activations: int8 with one scale per token, "
+               "computed at run time; the matmul runs on fbgemm's int8 kernel (CPU).")
     params["smooth"] = st.slider(
         "SmoothQuant strength α (0 = off)", 0.0, 0.9, 0.5, 0.05, key="quant_smooth",
         help="Moves activation outliers into the weights (exactly, before quantizing) so one int8 range per "

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from core.errors import SpecError
 from core.evaluate import measure_size
 from core.layers import block_linear_layers, decoder_blocks, is_linear, weight_matrix
-from core.qlinear import QuantLinear, kernel_unavailable
+from core.qlinear import FBGEMM_SAFE_RADIUS, QuantLinear, kernel_unavailable
 from core.quant_math import (
+    QuantizedMatrix,
     QuantScheme,
     dequantize_codes,
     fake_quantize,
@@ -78,6 +79,27 @@ def test_rtn_error_is_at_most_half_a_step(scheme):
     back = dequantize_codes(codes, scale, zero)
     step = scale.repeat_interleave(scheme.group_width(64), dim=1)
     assert ((weight - back).abs() <= step / 2 + 1e-6).all()
+
+
+@pytest.mark.parametrize("radius", [64, 3])
+def test_a_code_radius_narrows_the_grid_of_rtn_and_gptq(radius):
+    scheme = QuantScheme(8, None, True, radius)
+    low, high = scheme.code_bounds()
+    assert (low, high) == (128 - radius, 128 + radius)
+    weight = torch.randn(16, 64, generator=_generator(21))
+    x = _correlated_inputs(256, 64, seed=22)
+    for matrix in (rtn_quantize(weight, scheme), gptq_quantize(weight, 2 * x.t() @ x / 256, scheme, blocksize=16)):
+        assert int(matrix.codes.min()) >= low and int(matrix.codes.max()) <= high
+        assert int(matrix.codes.max()) == high or int(matrix.codes.min()) == low  # the grid is used in full
+    step = rtn_quantize(weight, scheme).scale
+    assert torch.allclose(step, weight.abs().amax(dim=1, keepdim=True) / radius)
+
+
+@pytest.mark.parametrize("params", [dict(bits=8, symmetric=False, code_radius=64),
+                                    dict(bits=4, code_radius=8), dict(bits=4, code_radius=0)])
+def test_a_code_radius_outside_the_signed_range_is_refused(params):
+    with pytest.raises(SpecError, match="code_radius"):
+        QuantScheme(**params)
 
 
 def test_more_bits_and_smaller_groups_mean_less_error():
@@ -195,6 +217,33 @@ def test_kernel_memory_is_one_copy_of_the_weights():
     assert after < 1.5 * before
 
 
+def test_int8_dynamic_on_fbgemm_is_exact_for_weights_that_could_overflow_int16():
+    """Codes of +-127 times activations quantized to 255 overflow an int16 pair sum on AVX2: such weights
+    must run with 7-bit activations, and the result must still be the true product."""
+    matrix = QuantizedMatrix(torch.full((4, 64), 255, dtype=torch.uint8), torch.full((4, 1), 0.01),
+                             torch.full((4, 1), 128.0))
+    layer = QuantLinear.from_matrix(matrix, QuantScheme(8), None, torch.float32)
+    layer.use_kernel("int8_dynamic")
+    x = torch.ones(1, 64)
+    expected = F.linear(x, matrix.dequantize())
+    torch.testing.assert_close(layer(x), expected, rtol=0.02, atol=0)
+    torch.testing.assert_close(layer.row_matmul()(x), expected, rtol=0.02, atol=0)
+
+
+def test_int8_dynamic_weights_on_the_narrow_grid_get_8_bit_activations():
+    """Inputs with a few large channels: 8-bit activations (allowed by codes within +-64) halve the
+    activation rounding error of fbgemm's 7-bit mode."""
+    x = torch.randn(16, 64, generator=_generator(23))
+    x[:, :4] *= 30
+    errors = {}
+    for radius in (None, FBGEMM_SAFE_RADIUS):
+        layer, matrix, _ = _layer(QuantScheme(8, None, True, radius), bias=False)
+        reference = F.linear(x, matrix.dequantize())
+        layer.use_kernel("int8_dynamic")
+        errors[radius] = float((layer(x) - reference).norm() / reference.norm())
+    assert errors[FBGEMM_SAFE_RADIUS] < 0.65 * errors[None]
+
+
 def test_kernels_say_why_they_cannot_run():
     cpu = torch.device("cpu")
     assert "8-bit symmetric" in kernel_unavailable("int8_dynamic", QuantScheme(4, 32), 64, cpu)
@@ -277,6 +326,8 @@ def test_int8_dynamic_fixes_the_weight_format_and_runs_its_kernel(tiny):
     quantized, report = quantize(tiny["llama"], QuantizeSpec("int8_dynamic", bits=4, group_size=16))
     assert report.kernels == {"int8_dynamic": len(block_linear_layers(tiny["llama"]))}
     assert {(layer.bits, layer.group_size, layer.symmetric) for layer in report.layers} == {(8, None, True)}
+    radii = {int((m.codes().to(torch.int16) - 128).abs().max()) for m in quantized.modules() if isinstance(m, QuantLinear)}
+    assert radii == {FBGEMM_SAFE_RADIUS}  # the grid fbgemm runs with 8-bit activations
     reference, out = _logits(tiny["llama"]), _logits(quantized)
     assert float((out - reference).norm() / reference.norm()) < 0.05
 
