@@ -7,8 +7,9 @@ model's own weights and linear layers (whatever their kernel) with the same math
 and values in one preallocated tensor per layer, rotates queries and keys with one small matmul,
 calls each layer's matmul directly, and runs layers that read the same input (q/k/v, gate/up) as
 one stacked matmul where their kernel allows it exactly (plain fp weights, fbgemm int8 with a
-scale per row). The stacked weights are a copy held while the loop lives. Its logits equal the model's forward (tests check that),
-so what it times is the model; every model runs the same loop, so speed-ups compare like with like.
+scale per row). The stacked weights are a copy held while the loop lives. Its logits equal the
+model's forward (tests check that), so what it times is the model; every model runs the same loop,
+so speed-ups compare like with like.
 
 Models it cannot run exactly (other block layouts, sliding windows, Gemma-style norms, ...) are
 timed with transformers' forward and its KV cache; ``loop_name`` says which loop ran.

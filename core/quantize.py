@@ -133,7 +133,7 @@ class QuantizeSpec:
     @property
     def scheme(self) -> QuantScheme:
         # int8_dynamic: weights within +-64, so fbgemm can quantize activations to 8 bits, not 7
-        # (SmolLM2 on cpu-small: +7.0% -> +3.3% perplexity over fp32, BENCHMARKS section 5)
+        # (SmolLM2, first 16 windows of cpu-small: +7.0% -> +3.1% perplexity over fp32; BENCHMARKS section 5)
         radius = FBGEMM_SAFE_RADIUS if self.method == "int8_dynamic" else None
         return QuantScheme(self.bits, self.group_size, self.symmetric, radius)
 

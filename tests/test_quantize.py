@@ -326,7 +326,8 @@ def test_int8_dynamic_fixes_the_weight_format_and_runs_its_kernel(tiny):
     quantized, report = quantize(tiny["llama"], QuantizeSpec("int8_dynamic", bits=4, group_size=16))
     assert report.kernels == {"int8_dynamic": len(block_linear_layers(tiny["llama"]))}
     assert {(layer.bits, layer.group_size, layer.symmetric) for layer in report.layers} == {(8, None, True)}
-    radii = {int((m.codes().to(torch.int16) - 128).abs().max()) for m in quantized.modules() if isinstance(m, QuantLinear)}
+    radii = {int((m.codes().to(torch.int16) - 128).abs().max())
+             for m in quantized.modules() if isinstance(m, QuantLinear)}
     assert radii == {FBGEMM_SAFE_RADIUS}  # the grid fbgemm runs with 8-bit activations
     reference, out = _logits(tiny["llama"]), _logits(quantized)
     assert float((out - reference).norm() / reference.norm()) < 0.05
