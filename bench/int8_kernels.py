@@ -23,11 +23,15 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # (out, in) of the matmuls one SmolLM2-135M block runs per token, then its tied lm_head
 SHAPES = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536), "head": (49152, 576)}
@@ -49,11 +53,11 @@ def time_call(call: Callable[[], object], calls: int) -> float:
 
 
 def dynamic_linear(engine: str, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``quantized::linear_dynamic`` on ``engine`` with weight packed as SqueezeLab packs it, 8-bit activations."""
+    from core.qlinear import _fbgemm_prepack
+
     torch.backends.quantized.engine = engine
-    out = weight.shape[0]
-    scales = torch.rand(out, dtype=torch.float64) * 1e-3 + 1e-4
-    quantized = torch._make_per_channel_quantized_tensor(weight, scales, torch.zeros(out, dtype=torch.int64), 0)
-    packed = torch.ops.quantized.linear_prepack(quantized, None)
+    packed = _fbgemm_prepack(weight, torch.rand(weight.shape[0]) * 1e-3 + 1e-4)
     return lambda x: torch.ops.quantized.linear_dynamic(x, packed, False)
 
 

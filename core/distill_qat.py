@@ -57,7 +57,7 @@ class FakeQuantLinear(nn.Linear):
 
     def packed(self) -> QuantLinear:
         """A QuantLinear holding the latent weights rounded to the grid (same scheme, scales, kernel)."""
-        codes = quantize_codes(self.weight.detach(), self.scale, self.zero, self.scheme.bits, self.scheme.code_bounds())
+        codes = quantize_codes(self.weight.detach(), self.scale, self.zero, self.scheme)
         matrix = QuantizedMatrix(codes, self.scale, self.zero)
         layer = QuantLinear.from_matrix(matrix, self.scheme, self.bias, self.bias_dtype)
         if self.kernel != "dequant":

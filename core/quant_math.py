@@ -103,12 +103,11 @@ def _expand(per_group: torch.Tensor, columns: int) -> torch.Tensor:
     return per_group.repeat_interleave(columns // per_group.shape[1], dim=1)
 
 
-def quantize_codes(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
-                   bounds: tuple[int, int] | None = None) -> torch.Tensor:
-    """Codes uint8 [out, in] = clamp(round(w / s) + z, low, high), with [out, groups] ``scale``/``zero``;
-    ``bounds`` (low, high) default to the full range 0 .. 2^bits - 1."""
+def quantize_codes(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
+    """Codes uint8 [out, in] = clamp(round(w / s) + z, low, high), with [out, groups] ``scale``/``zero``
+    and (low, high) the scheme's ``code_bounds()``."""
     columns = weight.shape[1]
-    low, high = bounds or (0, (1 << bits) - 1)
+    low, high = scheme.code_bounds()
     codes = torch.round(weight.float() / _expand(scale, columns)) + _expand(zero, columns)
     return codes.clamp_(low, high).to(torch.uint8)
 
@@ -124,7 +123,7 @@ def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tenso
 def fake_quantize(weight: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
     """Round-to-nearest quantize and dequantize ``weight`` [out, in]; same dtype as given."""
     scale, zero = qparams(weight, scheme)
-    codes = quantize_codes(weight, scale, zero, scheme.bits, scheme.code_bounds())
+    codes = quantize_codes(weight, scale, zero, scheme)
     return dequantize_codes(codes, scale, zero, weight.dtype)
 
 
@@ -143,7 +142,7 @@ class QuantizedMatrix:
 def rtn_quantize(weight: torch.Tensor, scheme: QuantScheme) -> QuantizedMatrix:
     """Round-to-nearest: each weight to its nearest code with min-max scales per row or group."""
     scale, zero = qparams(weight, scheme)
-    return QuantizedMatrix(quantize_codes(weight, scale, zero, scheme.bits, scheme.code_bounds()), scale, zero)
+    return QuantizedMatrix(quantize_codes(weight, scale, zero, scheme), scale, zero)
 
 
 def gptq_quantize(

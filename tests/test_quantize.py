@@ -74,7 +74,7 @@ def test_four_bit_codes_are_two_per_byte_low_nibble_first():
 def test_rtn_error_is_at_most_half_a_step(scheme):
     weight = torch.randn(12, 64, generator=_generator(1))
     scale, zero = qparams(weight, scheme)
-    codes = quantize_codes(weight, scale, zero, scheme.bits)
+    codes = quantize_codes(weight, scale, zero, scheme)
     assert int(codes.max()) <= scheme.levels
     back = dequantize_codes(codes, scale, zero)
     step = scale.repeat_interleave(scheme.group_width(64), dim=1)
