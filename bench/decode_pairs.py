@@ -2,6 +2,7 @@
 
     python bench/decode_pairs.py                                  # fp32 and every speed job of quant_bench
     python bench/decode_pairs.py --jobs int8-dynamic --rounds 5 --windows 64
+    python bench/decode_pairs.py --jobs mlp-25-act layers-25      # structured jobs of prune_bench
 
 On a small shared machine the speed of one process drifts by 10-20% from minute to minute, and
 a batch-1 int8 decode (hundreds of short kernel calls per token) drifts more than fp32 (a few
@@ -23,20 +24,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import prune_bench, quant_bench  # noqa: E402
 from bench.common import protocol_line  # noqa: E402
-from bench.quant_bench import SPEED_JOBS, recipe_of  # noqa: E402
+
+# job name -> its bench's recipe builder: quantization speed jobs and the structured pruning jobs
+RECIPE_OF = {**{name: quant_bench.recipe_of for name in quant_bench.SPEED_JOBS},
+             **{name: prune_bench.recipe_of for name in prune_bench.PRUNE_JOBS
+                if name.startswith(("mlp", "layers"))}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", nargs="*", default=[j for j in SPEED_JOBS if j != "fp32"],
-                        help="speed jobs of bench/quant_bench.py to time against fp32")
+    parser.add_argument("--jobs", nargs="*", default=[j for j in quant_bench.SPEED_JOBS if j != "fp32"],
+                        help="speed jobs of bench/quant_bench.py or structured jobs of bench/prune_bench.py "
+                             "to time against fp32")
     parser.add_argument("--rounds", type=int, default=5, help="turns of timing every model")
     parser.add_argument("--windows", type=int, default=64, help="evaluation windows (protocol: 64)")
     args = parser.parse_args()
-    unknown = sorted(set(args.jobs) - set(SPEED_JOBS))
+    unknown = sorted(set(args.jobs) - set(RECIPE_OF))
     if unknown:
-        raise SystemExit(f"unknown job(s) {', '.join(unknown)}; choose from {', '.join(SPEED_JOBS)}")
+        raise SystemExit(f"unknown job(s) {', '.join(unknown)}; choose from {', '.join(RECIPE_OF)}")
 
     import torch
 
@@ -47,7 +54,7 @@ def main() -> None:
     torch.set_num_threads(2)
     model_dir = str(models.gguf_as_folder(models.resolve(smollm2_gguf())))
     jobs = ["fp32", *[j for j in args.jobs if j != "fp32"]]
-    recipes = {name: Recipe.from_dict(recipe_of(name, model_dir, args.windows)) for name in jobs}
+    recipes = {name: Recipe.from_dict(RECIPE_OF[name](name, model_dir, args.windows)) for name in jobs}
     loaded = models.load(model_dir, device="cpu", dtype=recipes["fp32"].dtype)
     built, perplexity, kernels = {}, {}, {}
     for name, recipe in recipes.items():

@@ -7,7 +7,8 @@ already quantized ones (``core.calibrate.sequential_walk``).
 
 * rtn          - round to nearest with min-max scales (per channel or per group); no data.
 * gptq         - Frantar et al. 2022: quantize column by column and compensate with H^-1.
-* int8_dynamic - 8-bit symmetric per-channel weights (codes within +-64, stored as int8) and int8
+* int8_dynamic - 8-bit symmetric per-channel weights (codes within +-64 on the CPU, +-127 on CUDA; see
+                 ``QuantizeSpec.scheme_on``), stored as int8, and int8
                  activations quantized per token at run time, on an integer matmul kernel (weights
                  rounded by RTN, or GPTQ with ``rounding: gptq``).
 * fp16 / bf16  - the whole model cast to half precision (the simplest baseline).
@@ -132,9 +133,19 @@ class QuantizeSpec:
 
     @property
     def scheme(self) -> QuantScheme:
-        # int8_dynamic: weights within +-64, so fbgemm can quantize activations to 8 bits, not 7
-        # (SmolLM2, first 16 windows of cpu-small: +7.0% -> +3.1% perplexity over fp32; BENCHMARKS section 5)
-        radius = FBGEMM_SAFE_RADIUS if self.method == "int8_dynamic" else None
+        """The scheme for a CPU model (see ``scheme_on``)."""
+        return self.scheme_on("cpu")
+
+    def scheme_on(self, device_type: str) -> QuantScheme:
+        """The scheme the kernels of ``device_type`` ("cpu", "cuda", ...) want.
+
+        int8_dynamic on the CPU keeps weight codes within +-64 so fbgemm can quantize activations to 8
+        bits, not 7 (SmolLM2, cpu-small: +7.0% -> +3.2% perplexity over fp32; BENCHMARKS section 5).
+        CUDA's ``torch._int_mm`` accumulates in int32 without pair sums, so there the full +-127 grid
+        keeps the extra bit. A CUDA-quantized model moved to the CPU stays correct: fbgemm then sees
+        codes beyond 64 and falls back to 7-bit activations (``QuantLinear`` checks the codes).
+        """
+        radius = FBGEMM_SAFE_RADIUS if self.method == "int8_dynamic" and device_type != "cuda" else None
         return QuantScheme(self.bits, self.group_size, self.symmetric, radius)
 
     @property
@@ -152,12 +163,13 @@ class QuantizeSpec:
     def uses_calibration(self) -> bool:
         return self.uses_gptq or self.smooth_alpha > 0
 
-    def scheme_for(self, name: str) -> QuantScheme | None:
-        """The scheme of layer ``name`` (None: left as it is)."""
+    def scheme_for(self, name: str, device_type: str = "cpu") -> QuantScheme | None:
+        """The scheme of layer ``name`` on a ``device_type`` model (None: left as it is)."""
+        base = self.scheme_on(device_type)
         for override in self.overrides:
             if fnmatch.fnmatch(name, override.pattern):
-                return None if override.skip else override.scheme(self.scheme)
-        return self.scheme
+                return None if override.skip else override.scheme(base)
+        return base
 
     def as_dict(self) -> dict:
         values = asdict(self)
@@ -214,7 +226,9 @@ def plan_layers(model: nn.Module, spec: QuantizeSpec) -> list[tuple[str, nn.Modu
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         _require(head is not None and is_linear(head), f"{type(model).__name__} has no linear lm_head to quantize")
         layers.append((_module_name(model, head), head))
-    plan = [(name, layer, scheme) for name, layer in layers if (scheme := spec.scheme_for(name)) is not None]
+    device_type = next(model.parameters()).device.type
+    plan = [(name, layer, scheme) for name, layer in layers
+            if (scheme := spec.scheme_for(name, device_type)) is not None]
     _require(bool(plan), f"no layer to quantize: include={list(spec.include)} exclude={list(spec.exclude)} and the "
                          "overrides leave nothing; names look like "
                          + ", ".join(name for name, _ in block_linear_layers(model)[:3]))

@@ -353,11 +353,18 @@ def _width_key(config: Any, keys: tuple[str, ...], width: int) -> str:
                     f"fewer MLP channels could not be saved; try target 'layers'")
 
 
-def _prune_mlp_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcome:
+def _all_mlp_parts(model: nn.Module) -> list[tuple[list[nn.Module], nn.Module, tuple[str, ...]]]:
+    """``_mlp_parts`` of every block; refused (naming what else works) when a block's MLP is unknown."""
     _, blocks = decoder_blocks(model)
     parts = [_mlp_parts(block) for block in blocks]
     _require(all(parts), f"no MLP projections known here in {type(blocks[0]).__name__}; possible targets "
                          f"for this model: {_possible_targets(blocks[0])}")
+    return parts
+
+
+def _prune_mlp_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcome:
+    _, blocks = decoder_blocks(model)
+    parts = _all_mlp_parts(model)
     widths = {weight_matrix(output).shape[1] for _, output, _ in parts}
     _require(len(widths) == 1, f"the blocks have different MLP widths {sorted(widths)}; a config holds one")
     width = widths.pop()
@@ -394,18 +401,28 @@ def _head_changes(config: Any, groups: int, count: int, head_dim: int) -> dict[s
     return changes(count)
 
 
-def _prune_heads_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcome:
+def _attentions(model: nn.Module) -> list[nn.Module]:
+    """Every block's attention module; refused (naming what else works) when a block has none."""
     _, blocks = decoder_blocks(model)
     attns = [_attention(block) for block in blocks]
     _require(all(attns), f"{model.config.model_type} has no attention with separate q/k/v/o_proj linear layers: its "
                          f"head size is hidden_size / num_heads, so its config cannot describe fewer heads; "
                          f"possible targets for this model: {_possible_targets(blocks[0])}")
-    config = model.config
+    return attns
+
+
+def _kv_geometry(config: Any, attn: nn.Module) -> tuple[int, int, int]:
+    """(KV groups, head size, query rows per group: also o_proj's input columns per group)."""
     groups = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     _require(groups > 1, "the model has a single KV head group; removing it would remove all attention "
                          "(try target 'mlp_channels' or 'layers')")
-    head_dim = weight_matrix(attns[0].k_proj).shape[0] // groups
-    q_rows = head_dim * config.num_attention_heads // groups  # query rows (and o_proj columns) per KV group
+    head_dim = weight_matrix(attn.k_proj).shape[0] // groups
+    return groups, head_dim, head_dim * config.num_attention_heads // groups
+
+
+def _prune_heads_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcome:
+    attns, config = _attentions(model), model.config
+    groups, head_dim, q_rows = _kv_geometry(config, attns[0])
     changes = _head_changes(config, groups, removal_count(spec.fraction, groups), head_dim)
     if spec.importance == "activation_norm":  # o_proj's input: the heads' attention outputs
         scores = [group_activation_scores(n, groups) for n in _input_norms(model, [a.o_proj for a in attns], run)]
@@ -464,6 +481,46 @@ def _prune_layers_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcom
 
 
 _HANDLERS = {"mlp_channels": _prune_mlp_, "heads": _prune_heads_, "layers": _prune_layers_}
+
+
+def _numel(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _rows_cost(module: nn.Module, rows: int, side: str) -> int:
+    """Parameters in ``rows`` output rows (with their biases) or input columns of a linear layer."""
+    out_features, in_features = weight_matrix(module).shape
+    if side == "in":
+        return rows * out_features
+    return rows * (in_features + (1 if module.bias is not None else 0))
+
+
+def params_removed(model: nn.Module, spec: StructuredSpec) -> int:
+    """How many parameters ``spec`` would remove, from the module shapes alone: no data, no copy.
+
+    Equals ``params_before - params_after`` of the real run (the units removed differ with the
+    ranking, never their count). Dropping a ``fraction`` of blocks counts the average block, which is
+    exact for models whose blocks are alike (every family supported here). Drives the size preview
+    beside the structured-pruning slider; the spec is checked against the model as the run would.
+    """
+    _, blocks = decoder_blocks(model)
+    if spec.target == "layers":
+        if spec.layers is not None:
+            _require(spec.layers[-1] < len(blocks), f"layers {list(spec.layers)} name a block past the last one "
+                                                    f"(the model has blocks 0..{len(blocks) - 1})")
+            return sum(_numel(blocks[i]) for i in spec.layers)
+        return round(removal_count(spec.fraction, len(blocks)) * _numel(blocks) / len(blocks))
+    if spec.target == "mlp_channels":
+        parts = _all_mlp_parts(model)
+        count = removal_count(spec.fraction, weight_matrix(parts[0][1]).shape[1])
+        return sum(sum(_rows_cost(m, count, "out") for m in ins) + _rows_cost(out, count, "in")
+                   for ins, out, _ in parts)
+    attns = _attentions(model)
+    groups, head_dim, q_rows = _kv_geometry(model.config, attns[0])
+    count = removal_count(spec.fraction, groups)
+    return sum(_rows_cost(a.q_proj, count * q_rows, "out") + _rows_cost(a.k_proj, count * head_dim, "out")
+               + _rows_cost(a.v_proj, count * head_dim, "out") + _rows_cost(a.o_proj, count * q_rows, "in")
+               for a in attns)
 
 
 def prune_structured_(model: nn.Module, spec: StructuredSpec, calibration: torch.Tensor | None = None,

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from core.structured import removal_count
+from core.errors import SpecError
+from core.structured import StructuredSpec, params_removed, removal_count
 from ui import cache, charts, forms, modelinfo, navigation, state
 
 navigation.inside_app()
@@ -40,6 +41,15 @@ def threshold_preview() -> float:
     return threshold
 
 
+def structured_size_preview(params: dict) -> str:
+    """The parameters a structured run would remove, counted from the shapes before it runs."""
+    try:
+        removed = params_removed(loaded.model, StructuredSpec.from_dict(params))
+    except SpecError:  # e.g. no MLP projections known for this family: the run itself says why
+        return ""
+    return ": " + modelinfo.removal_summary(loaded.model, removed)
+
+
 def amount_params(method: str) -> dict:
     """How much to prune, as PruneSpec / StructuredSpec parameters."""
     if method == "structured":
@@ -47,10 +57,12 @@ def amount_params(method: str) -> dict:
         fraction = st.slider("Fraction removed", 0.05, 0.9, 0.25, 0.05, key="prune_fraction", **SESSION)
         importance = st.selectbox("Rank units by", list(IMPORTANCE), format_func=IMPORTANCE.get,
                                   key="prune_importance", **SESSION)
+        params = {"target": target, "fraction": round(fraction, 4), "importance": importance}
         total, units = modelinfo.structured_units(loaded.model, target)
         if total and total > 1:
-            st.caption(f"Removes {removal_count(fraction, total)} of {total} {units}.")
-        return {"target": target, "fraction": round(fraction, 4), "importance": importance}
+            st.caption(f"Removes {removal_count(fraction, total)} of {total} {units}"
+                       f"{structured_size_preview(params)}.")
+        return params
     by_threshold = method == "magnitude" and st.radio(
         "Amount", ["sparsity", "threshold"], horizontal=True, key="prune_amount_mode",
         format_func={"sparsity": "by target sparsity", "threshold": "by threshold"}.get, **SESSION) == "threshold"

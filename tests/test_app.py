@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 from core.evaluate import measure_size
 from core.specs import EvalSpec, Recipe, Step
 from core.store import ResultStore
+from core.structured import StructuredSpec, params_removed
 from tests.helpers import corpus_text
 from ui import cache, jobs, results
 
@@ -133,6 +134,19 @@ def test_threshold_slider_changes_the_previewed_sparsity(results_dir: Path) -> N
         slider = next(s for s in app.slider if s.key.startswith("prune_threshold"))
     assert len(set(shown.values())) == 2, shown
     assert app.get("plotly_chart"), "the per-layer preview is drawn"
+
+
+def test_structured_slider_previews_the_parameters_it_removes(results_dir: Path) -> None:
+    app = start().switch_page("pages/prune.py").run()
+    app.selectbox(key="prune_method").select("structured").run()
+    model = cache.load_base("sample:teacher").model
+    total = sum(p.numel() for p in model.parameters())
+    for fraction in (0.25, 0.5):
+        app.slider(key="prune_fraction").set_value(fraction).run()
+        assert not app.exception
+        removed = params_removed(model, StructuredSpec("mlp_channels", fraction))
+        caption = next(c.value for c in app.caption if c.value.startswith("Removes "))
+        assert f"{removed / 1e6:,.2f} M parameters, {removed / total:.1%} of the model" in caption
 
 
 def test_a_magnitude_job_finishes_and_shows_on_tradeoffs(results_dir: Path) -> None:

@@ -81,3 +81,19 @@ def test_gptq_runs_on_cuda_and_beats_rtn(tiny_models):
         with torch.no_grad():
             errors[method] = float((model(windows.cuda()).logits - loaded.model(windows.cuda()).logits).norm())
     assert errors["gptq"] < errors["rtn"]
+
+
+def test_int8_dynamic_on_cuda_keeps_the_full_grid_and_runs_on_the_cpu_too(tiny_models):
+    from core.qlinear import QuantLinear
+    from core.quantize import QuantizeSpec, choose_kernels, quantize
+
+    loaded = models.load(str(tiny_models["llama"]), device="cuda", dtype="fp32")
+    model, _ = quantize(loaded.model, QuantizeSpec("int8_dynamic", smooth=0))
+    radii = {int((m.codes().to(torch.int16) - 128).abs().max()) for m in model.modules() if isinstance(m, QuantLinear)}
+    assert radii == {127}  # torch._int_mm has no int16 pair sums to protect
+    ids = torch.randint(0, len(loaded.tokenizer), (2, 32), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        on_gpu = model(ids.cuda()).logits.cpu()
+        choose_kernels(model.cpu(), "int8_dynamic")  # fbgemm sees codes beyond 64: 7-bit activations
+        on_cpu = model(ids).logits
+    assert float((on_cpu - on_gpu).norm() / on_gpu.norm()) < 0.05

@@ -333,6 +333,15 @@ def test_int8_dynamic_fixes_the_weight_format_and_runs_its_kernel(tiny):
     assert float((out - reference).norm() / reference.norm()) < 0.05
 
 
+def test_int8_dynamic_narrows_the_grid_for_fbgemm_only():
+    spec = QuantizeSpec("int8_dynamic", overrides=({"pattern": "*.mlp.*", "symmetric": True},))
+    assert spec.scheme_on("cpu").code_radius == FBGEMM_SAFE_RADIUS
+    assert spec.scheme_on("cuda").code_radius is None  # torch._int_mm has no int16 pair sums to protect
+    assert spec.scheme_for("model.layers.0.mlp.up_proj", "cuda").code_radius is None
+    assert spec.scheme_for("model.layers.0.mlp.up_proj", "cpu").code_radius == FBGEMM_SAFE_RADIUS
+    assert QuantizeSpec("rtn", bits=8).scheme_on("cpu").code_radius is None
+
+
 def test_a_requested_kernel_that_cannot_run_falls_back_with_a_note(tiny):
     model = copy.deepcopy(tiny["llama"])
     quantize_(model, QuantizeSpec("rtn", bits=3, group_size=16, kernel="dequant"))

@@ -20,6 +20,7 @@ from core.structured import (
     group_activation_scores,
     group_scores,
     lowest_indices,
+    params_removed,
     prune_structured,
     prune_structured_,
     removal_count,
@@ -391,3 +392,33 @@ def test_qwen2_heads_slice_the_biases_too(tmp_path):
     ids = _ids(300)
     _assert_reloads(model, tmp_path, ids)
     _assert_cache_consistent(model, ids)
+
+
+# ---- size preview ----------------------------------------------------------------------------
+
+_PREVIEW_SPECS = [StructuredSpec("mlp_channels", 0.25), StructuredSpec("mlp_channels", 0.6),
+                  StructuredSpec("layers", 0.5), StructuredSpec("layers", layers=(0, 2))]
+
+
+@pytest.mark.parametrize("spec", _PREVIEW_SPECS, ids=lambda s: f"{s.target}-{s.fraction or s.layers}")
+@pytest.mark.parametrize("family", CAUSAL_FAMILIES)
+def test_params_removed_predicts_the_real_run_from_shapes(tiny_models, family, spec):
+    model = _deeper(tiny_models, family)
+    predicted = params_removed(model, spec)
+    report = prune_structured_(model, spec)
+    assert predicted == report.params_before - report.params_after > 0
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.75])
+def test_params_removed_predicts_head_removal_with_biases(fraction):
+    model = _tiny_qwen2()  # grouped-query attention with q/k/v biases
+    predicted = params_removed(model, StructuredSpec("heads", fraction))
+    report = prune_structured_(model, StructuredSpec("heads", fraction))
+    assert predicted == report.params_before - report.params_after > 0
+
+
+def test_params_removed_refuses_what_the_run_refuses(tiny_models):
+    with pytest.raises(SpecError, match="possible targets"):
+        params_removed(_load(tiny_models, "gpt2"), StructuredSpec("heads", 0.5))
+    with pytest.raises(SpecError, match="past the last one"):
+        params_removed(_load(tiny_models, "llama"), StructuredSpec("layers", layers=(7,)))
