@@ -29,7 +29,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SHOTS = ROOT / "docs" / "screenshots"
 PAGES = {"model": "", "prune": "prune", "quantize": "quantize", "distill": "distill", "tradeoffs": "tradeoffs",
          "export": "export"}  # screenshot name -> URL path (the Model page is the default, at the root)
-EXPORT_PLACEHOLDER = "not part of this version"
 RUN_TIMEOUT_MS = 240_000  # one script run; the first loads the model
 JOB_TIMEOUT_MS = 300_000  # a magnitude job with 2 windows of 64 tokens takes seconds; the margin is for a busy machine
 
@@ -201,9 +200,6 @@ def test_export_downloads_a_zip_with_the_weights(page, app_url, finished_job, tm
     if "result_id" not in finished_job:
         pytest.skip("needs the result of test_a_prune_job_finishes_and_shows_on_tradeoffs, which did not finish")
     _go_to(page, "Export")
-    if page.get_by_text(EXPORT_PLACEHOLDER).count():
-        pytest.skip(f"the Export page still shows its placeholder ({EXPORT_PLACEHOLDER!r}): the download is tested "
-                    "once core/export.py and pages/export.py land (issue #7)")
     result_id = finished_job["result_id"]
     picker = page.locator("[data-testid='stSelectbox']", has_text="Result")
     if result_id not in picker.inner_text():  # the newest result comes first; pick the prune job's explicitly
