@@ -42,3 +42,19 @@ def test_marker_sizes_are_positive_even_where_the_metric_is_missing() -> None:
     assert len(sizes) == 4 and min(sizes) > 0 and max(sizes) == 100.0
     assert fig.layout.yaxis.type == "log"
     assert len({trace.marker.color for trace in fig.data if trace.mode == "markers"}) == 4  # one colour per method
+
+
+def test_an_exported_result_is_labelled_by_its_file_format() -> None:
+    from core.store import ResultRow
+    from ui.results import results_frame
+
+    run = {"model": "sample:teacher", "recipe": "model: sample:teacher", "perplexity": 95.0, "status": "ok"}
+    rows = [ResultRow(id="run", created="2026-01-01T00:00:00.000000", size_bytes=12_000_000,
+                      details={"method": "magnitude 50%"}, **run),
+            ResultRow(id="file", created="2026-01-01T00:00:01.000000", size_bytes=8_000_000,
+                      details={"method": "magnitude 50%", "export": {"format": "hf"}}, **run)]
+    frame = results_frame(rows).set_index("id")
+    assert frame.loc["run", "method"] == "magnitude 50%"
+    assert frame.loc["file", "method"] == "magnitude 50% → hf file"  # its size is the file's, not the tensors'
+    assert frame.loc["file", "family"] == "magnitude"
+    assert frame.loc["file", "size_bytes_axis"] == 8.0

@@ -32,6 +32,8 @@ def results_frame(rows: list[ResultRow]) -> pd.DataFrame:
         details = row.details or {}
         record = {name: getattr(row, name) for name in RESULT_FIELDS}
         method = details.get("method") or "base"
+        if isinstance(details.get("export"), dict):  # its size is the file's: a point apart from the in-memory run
+            method = f"{method} → {details['export'].get('format', '?')} file"
         windows, seqlen = details.get("windows"), details.get("seqlen")
         record.update(
             method=method,
