@@ -29,8 +29,7 @@ from bench.common import protocol_line  # noqa: E402
 
 # job name -> its bench's recipe builder: quantization speed jobs and the structured pruning jobs
 RECIPE_OF = {**{name: quant_bench.recipe_of for name in quant_bench.SPEED_JOBS},
-             **{name: prune_bench.recipe_of for name in prune_bench.PRUNE_JOBS
-                if name.startswith(("mlp", "layers"))}}
+             **{name: prune_bench.recipe_of for name in prune_bench.STRUCTURED_JOBS}}
 
 
 def main() -> None:

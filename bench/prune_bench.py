@@ -34,6 +34,8 @@ PRUNE_JOBS = {
     "mlp-25-act": {"method": "structured", "target": "mlp_channels", "fraction": 0.25, "importance": "activation_norm"},
     "mlp-50-act": {"method": "structured", "target": "mlp_channels", "fraction": 0.5, "importance": "activation_norm"},
 }
+# jobs whose model really shrinks: their decode speed is timed (and bench/decode_pairs.py offers them)
+STRUCTURED_JOBS = tuple(name for name, params in PRUNE_JOBS.items() if params and params["method"] == "structured")
 PEER_JOBS = {
     "llmc-sparsegpt-50": {"kind": "sparsegpt", "sparsity": 0.5, "mask_structure": "0:0"},
     "llmc-wanda-50": {"kind": "wanda", "sparsity": 0.5, "mask_structure": "0:0"},
@@ -53,7 +55,7 @@ def table(rows: dict[str, dict]) -> str:
 
 
 def recipe_of(name: str, model_dir: str, windows: int) -> dict:
-    timed = name.startswith(("mlp", "layers")) or name == "dense"  # structured: the model really shrinks
+    timed = name in STRUCTURED_JOBS or name == "dense"
     steps = [{"prune": PRUNE_JOBS[name]}] if PRUNE_JOBS[name] else None
     return recipe_for(model_dir, steps, latency=timed, windows=windows)
 

@@ -30,7 +30,7 @@ from core import data, models
 from core.distill_train import DistillReport, RecordFn, distill_, lr_at  # noqa: F401  (re-exported)
 from core.errors import SpecError, TextSourceError
 from core.evaluate import CancelFn, ProgressFn
-from core.layers import decoder_blocks
+from core.layers import decoder_blocks, param_count
 from core.structured import StructuredSpec, prune_structured_
 
 __all__ = ["DistillReport", "DistillSpec", "VocabularyMismatchError", "build_student_", "check_compatible",
@@ -257,10 +257,6 @@ def _vocab_rows(model: nn.Module) -> int:
     return int(model.config.vocab_size)
 
 
-def _param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def check_compatible(teacher: nn.Module, student: nn.Module, teacher_tokenizer: Any = None,
                      student_tokenizer: Any = None) -> list[str]:
     """Refuse a pair whose vocabularies differ; warn (and return a note) when the student is larger."""
@@ -275,7 +271,7 @@ def check_compatible(teacher: nn.Module, student: nn.Module, teacher_tokenizer: 
             f"teacher and student do not share a vocabulary ({detail}); distillation compares their "
             f"next-token distributions token by token. Possible students: {POSSIBLE_STUDENTS}")
     notes = []
-    teacher_params, student_params = _param_count(teacher), _param_count(student)
+    teacher_params, student_params = param_count(teacher), param_count(student)
     if student_params > teacher_params:
         note = (f"the student has more parameters ({student_params:,}) than the teacher ({teacher_params:,}); "
                 "distillation usually trains a smaller model")

@@ -26,7 +26,7 @@ from torch import nn
 from core.distill_loss import LossParts, distill_loss, hidden_mse
 from core.distill_qat import FakeQuantLinear, fake_quantize_, repack_
 from core.evaluate import CancelFn, ProgressFn, evaluate_quality
-from core.layers import block_linear_layers, decoder_blocks
+from core.layers import block_linear_layers, decoder_blocks, param_count
 
 if TYPE_CHECKING:
     from core.distill import DistillSpec
@@ -269,10 +269,6 @@ class _Best:
             model.load_state_dict(self.state)
 
 
-def _param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _should_evaluate(done: int, spec: DistillSpec) -> bool:
     return done == spec.steps or (spec.eval_every > 0 and done % spec.eval_every == 0)
 
@@ -361,5 +357,5 @@ def _distill(student: nn.Module, teacher: nn.Module, spec: DistillSpec, train_id
         last_perplexity=state.last_perplexity if done else initial, eval_windows=int(eval_windows.shape[0]),
         seqlen=seqlen, train_tokens=tokens, tokens_per_s=tokens / state.train_s if state.train_s else 0.0,
         wall_s=time.perf_counter() - started, hold_zeros=spec.holds_zeros, precision=trainer.precision,
-        device=str(trainer.device), student_params=_param_count(student), teacher_params=_param_count(teacher),
+        device=str(trainer.device), student_params=param_count(student), teacher_params=param_count(teacher),
         curve=curve, notes=notes)

@@ -26,6 +26,11 @@ def is_linear(module: nn.Module) -> bool:
     return isinstance(module, LINEAR_TYPES)
 
 
+def param_count(module: nn.Module) -> int:
+    """Parameters of ``module`` and its children (a tied tensor counted once, as ``parameters()`` does)."""
+    return sum(p.numel() for p in module.parameters())
+
+
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """The layer's weight as [out_features, in_features] (a view: writing to it writes the layer)."""
     return module.weight.t() if Conv1D and isinstance(module, Conv1D) else module.weight

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from core.errors import CancelledError, SpecError
-from core.layers import Conv1D, decoder_blocks, linear_layers, weight_matrix
+from core.layers import Conv1D, decoder_blocks, linear_layers, param_count, weight_matrix
 
 ProgressFn = Callable[[str, float], None]  # (stage name, fraction done in [0, 1])
 CancelFn = Callable[[], bool]  # returns True when the caller wants the work stopped
@@ -441,11 +441,15 @@ def _prune_heads_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcome
     return removed, (), changes
 
 
+def _check_named_layers(layers: tuple[int, ...], total: int) -> None:
+    _require(layers[-1] < total, f"layers {list(layers)} name a block past the last one "
+                                 f"(the model has blocks 0..{total - 1})")
+
+
 def _layers_to_drop(model: nn.Module, blocks: nn.ModuleList, spec: StructuredSpec, run: _Run) -> tuple[int, ...]:
     total = len(blocks)
     if spec.layers is not None:
-        _require(spec.layers[-1] < total, f"layers {list(spec.layers)} name a block past the last one "
-                                          f"(the model has blocks 0..{total - 1})")
+        _check_named_layers(spec.layers, total)
         _require(len(spec.layers) < total, f"layers {list(spec.layers)} would drop all {total} blocks")
         return spec.layers
     count = removal_count(spec.fraction, total)
@@ -483,10 +487,6 @@ def _prune_layers_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcom
 _HANDLERS = {"mlp_channels": _prune_mlp_, "heads": _prune_heads_, "layers": _prune_layers_}
 
 
-def _numel(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def _rows_cost(module: nn.Module, rows: int, side: str) -> int:
     """Parameters in ``rows`` output rows (with their biases) or input columns of a linear layer."""
     out_features, in_features = weight_matrix(module).shape
@@ -506,10 +506,9 @@ def params_removed(model: nn.Module, spec: StructuredSpec) -> int:
     _, blocks = decoder_blocks(model)
     if spec.target == "layers":
         if spec.layers is not None:
-            _require(spec.layers[-1] < len(blocks), f"layers {list(spec.layers)} name a block past the last one "
-                                                    f"(the model has blocks 0..{len(blocks) - 1})")
-            return sum(_numel(blocks[i]) for i in spec.layers)
-        return round(removal_count(spec.fraction, len(blocks)) * _numel(blocks) / len(blocks))
+            _check_named_layers(spec.layers, len(blocks))
+            return sum(param_count(blocks[i]) for i in spec.layers)
+        return round(removal_count(spec.fraction, len(blocks)) * param_count(blocks) / len(blocks))
     if spec.target == "mlp_channels":
         parts = _all_mlp_parts(model)
         count = removal_count(spec.fraction, weight_matrix(parts[0][1]).shape[1])
@@ -537,11 +536,11 @@ def prune_structured_(model: nn.Module, spec: StructuredSpec, calibration: torch
     ids = _calibration_ids(calibration) if calibration is not None else None
     if spec.target != "layers" and spec.importance == "weight_norm":
         ids = None  # weight norms need no data
-    before = sum(p.numel() for p in model.parameters())
+    before = param_count(model)
     removed, removed_layers, changes = _HANDLERS[spec.target](model, spec, _Run(ids, on_progress, cancel))
     return StructuredReport(target=spec.target, importance=spec.importance, removed=removed,
                             removed_layers=removed_layers, params_before=before,
-                            params_after=sum(p.numel() for p in model.parameters()), config_changes=changes)
+                            params_after=param_count(model), config_changes=changes)
 
 
 def prune_structured(model: nn.Module, spec: StructuredSpec, calibration: torch.Tensor | None = None,

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from core.layers import block_linear_layers, weight_matrix
+from core.layers import block_linear_layers, param_count, weight_matrix
 from core.models import LoadedModel
 
 
@@ -97,13 +97,13 @@ def structured_units(model: nn.Module, target: str) -> tuple[int | None, str]:
 def embedding_params(model: nn.Module) -> int:
     """Parameters in the input embedding and the output head, a tied pair counted once."""
     modules = [model.get_input_embeddings(), model.get_output_embeddings()]
-    unique = {id(p): p for m in modules if m is not None for p in m.parameters()}
+    unique = {id(p): p for m in modules if m is not None for p in m.parameters()}  # tied: one tensor
     return sum(p.numel() for p in unique.values())
 
 
 def removal_summary(model: nn.Module, params_removed: int) -> str:
     """``params_removed`` as a share of all parameters and of those outside the embeddings."""
-    total = sum(p.numel() for p in model.parameters())
+    total = param_count(model)
     outside = total - embedding_params(model)
     text = f"{params_removed / 1e6:,.2f} M parameters, {params_removed / total:.1%} of the model's {total / 1e6:,.1f} M"
     return text + (f" ({params_removed / outside:.1%} of those outside the embeddings)" if outside > 0 else "")
