@@ -56,8 +56,7 @@ def run_job(recipe: dict) -> dict:
     """One recipe in this process (called in a child): the result row plus this process's peak RSS."""
     import torch
 
-    from core import pipeline
-    from core.specs import Recipe
+    from core.recipe import Recipe, pipeline
     from core.store import ResultStore
 
     torch.set_num_threads(2)
@@ -80,7 +79,7 @@ def in_child(payload: dict | list, script: Path | None = None) -> dict:
 def calibration_ids(model_dir: str) -> list[list[int]]:
     """Exactly the calibration windows our jobs use, for the peer."""
     from core import models
-    from core.steps import StepContext
+    from core.technique import StepContext
 
     tokenizer = models.load_tokenizer(models.ModelSource(model_dir, "folder", model_dir))
     recipe = recipe_for(model_dir, None, False)["calibration"]

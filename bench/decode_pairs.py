@@ -47,8 +47,9 @@ def main() -> None:
     import torch
 
     from bench.eval_vs_plain import smollm2_gguf
-    from core import evaluate, models, pipeline, steps
-    from core.specs import Recipe
+    from core import evaluate, models
+    from core.evaluate import measurement as evaluation
+    from core.recipe import Recipe, pipeline
 
     torch.set_num_threads(2)
     model_dir = str(models.gguf_as_folder(models.resolve(smollm2_gguf())))
@@ -60,10 +61,10 @@ def main() -> None:
         model = models.clone(loaded.model) if recipe.steps else loaded.model
         context = pipeline.step_context(recipe, loaded, None, None)
         for step in recipe.steps:
-            steps.apply_step(model, step.parsed, context)
-        ids, windows = pipeline.eval_windows(loaded, recipe.evaluation)
+            step.parsed.apply(model, context)
+        ids, windows = evaluation.eval_windows(loaded, recipe.evaluation)
         perplexity[name] = evaluate.evaluate_quality(model, windows).perplexity
-        kernels[name] = pipeline.kernel_label(model, evaluate.measure_size(model))
+        kernels[name] = evaluation.kernel_label(model, evaluate.measure_size(model))
         built[name] = model
         print(f"{name}: perplexity {perplexity[name]:.2f}", file=sys.stderr, flush=True)
     spec = recipes["fp32"].evaluation

@@ -36,8 +36,8 @@ from core import data, evaluate, models  # noqa: E402
 from core.distill import DistillSpec, build_student_, distill_, evenly_spaced_layers, training_data  # noqa: E402
 from core.layers import decoder_blocks  # noqa: E402
 from core.prune import PruneSpec, prune_  # noqa: E402
-from core.qlinear import QuantLinear  # noqa: E402
 from core.quantize import QuantizeSpec, quantize_  # noqa: E402
+from core.quantize.qlinear import QuantLinear  # noqa: E402
 
 
 def perplexity(model: torch.nn.Module, windows: torch.Tensor) -> float:

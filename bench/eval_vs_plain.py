@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 import transformers
 
-from core import models, pipeline
-from core.evaluate import evaluate_quality
-from core.specs import EvalSpec
+from core import models
+from core.evaluate import EvalSpec, evaluate_quality
+from core.evaluate import measurement as evaluation
 
 
 def smollm2_gguf() -> str:
@@ -61,7 +61,7 @@ def main() -> None:
     ref = smollm2_gguf() if args.model == "smollm2" else args.model
     loaded = models.load(ref, device="cpu")
     spec = EvalSpec(text=args.text, seqlen=args.seqlen, max_windows=args.windows)
-    _ids, windows = pipeline.eval_windows(loaded, spec)
+    _ids, windows = evaluation.eval_windows(loaded, spec)
     ours_nll = plain_total = 0.0
     ours_s = plain_s = 0.0
     tokens = 0

@@ -62,9 +62,10 @@ def run_variant(recipe: dict, exports: dict[str, dict]) -> dict[str, dict]:
 
     import torch
 
-    from core import models, pipeline, steps
+    from core import models
+    from core.evaluate import measurement as evaluation
     from core.export import ExportSpec, export_model
-    from core.specs import Recipe
+    from core.recipe import Recipe, pipeline
 
     torch.set_num_threads(2)
     parsed = Recipe.from_dict(recipe)
@@ -72,9 +73,9 @@ def run_variant(recipe: dict, exports: dict[str, dict]) -> dict[str, dict]:
     model = models.clone(loaded.model) if parsed.steps else loaded.model
     context = pipeline.step_context(parsed, loaded, None, None)
     started = time.perf_counter()
-    reports = [steps.apply_step(model, step.parsed, context) for step in parsed.steps]
+    reports = [step.parsed.apply(model, context) for step in parsed.steps]
     step_s = time.perf_counter() - started
-    measured = pipeline.measure(model, loaded, parsed.evaluation)
+    measured = evaluation.measure(model, loaded, parsed.evaluation)
     rows = {}
     for name, export in exports.items():
         result = export_model(model, loaded.tokenizer, ExportSpec.from_dict(export), measured.windows,

@@ -54,7 +54,7 @@ def time_call(call: Callable[[], object], calls: int) -> float:
 
 def dynamic_linear(engine: str, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """``quantized::linear_dynamic`` on ``engine`` with weight packed as SqueezeLab packs it, 8-bit activations."""
-    from core.qlinear import _fbgemm_prepack
+    from core.quantize.kernels import fbgemm_prepack as _fbgemm_prepack
 
     torch.backends.quantized.engine = engine
     packed = _fbgemm_prepack(weight, torch.rand(weight.shape[0]) * 1e-3 + 1e-4)

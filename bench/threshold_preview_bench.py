@@ -21,7 +21,7 @@ import transformers
 
 from bench.eval_vs_plain import smollm2_gguf
 from core import models
-from core.threshold_preview import ThresholdPreview
+from core.prune.preview import ThresholdPreview
 
 
 def main() -> None:

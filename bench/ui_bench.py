@@ -51,9 +51,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def fill_history(model: str, count: int) -> None:
     """``count`` finished result rows in the (fresh) results history, as the Trade-offs page would list them."""
-    from core import pipeline
+    from core.evaluate import EvalSpec
     from core.models import load
-    from core.specs import EvalSpec, Recipe, Step
+    from core.recipe import Recipe, Step, pipeline
     from core.store import ResultStore, default_results_dir
 
     store, base = ResultStore(default_results_dir()), load(model)

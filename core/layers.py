@@ -31,6 +31,11 @@ def param_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's (first) parameters live; inputs for it are moved there."""
+    return next(model.parameters()).device
+
+
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """The layer's weight as [out_features, in_features] (a view: writing to it writes the layer)."""
     return module.weight.t() if Conv1D and isinstance(module, Conv1D) else module.weight

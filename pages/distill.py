@@ -4,7 +4,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.distill import evenly_spaced_layers
-from core.specs import Recipe, Step
+from core.recipe import Recipe, Step
 from ui import cache, jobs, modelinfo, navigation, sources, state
 from ui.errors import shown
 

@@ -12,8 +12,8 @@ import streamlit as st
 import yaml
 
 from core.export import FORMATS, ExportSpec
-from core.export_gguf import GGUF_TYPES
-from core.specs import Recipe
+from core.export.spec import GGUF_TYPES
+from core.recipe import Recipe
 from core.store import ResultRow
 from ui import cache, jobs, navigation, state
 from ui.errors import shown

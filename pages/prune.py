@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.errors import SpecError
-from core.structured import StructuredSpec, params_removed, removal_count
+from core.prune.structured import StructuredSpec, params_removed, removal_count
 from ui import cache, charts, forms, modelinfo, navigation, state
 
 navigation.inside_app()

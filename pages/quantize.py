@@ -4,8 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core.layers import block_linear_layers, weight_matrix
-from core.quant_math import GROUP_SIZES, QuantScheme
-from core.quantize import plan_layers
+from core.quantize import GROUP_SIZES, QuantScheme, plan_layers
 from ui import cache, forms, navigation, state
 
 navigation.inside_app()

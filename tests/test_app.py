@@ -13,10 +13,10 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from core.evaluate import measure_size
-from core.specs import EvalSpec, Recipe, Step
+from core.evaluate import EvalSpec, measure_size
+from core.prune.structured import StructuredSpec, params_removed
+from core.recipe import Recipe, Step
 from core.store import ResultStore
-from core.structured import StructuredSpec, params_removed
 from tests.helpers import corpus_text
 from ui import cache, jobs, results
 
@@ -272,7 +272,7 @@ def test_pareto_front_keeps_only_unbeaten_points() -> None:
 
 
 def test_the_export_page_exports_a_stored_result_and_offers_the_zip(results_dir: Path) -> None:
-    from core import pipeline
+    from core.recipe import pipeline
 
     quantized = Recipe(model="sample:student", evaluation=TINY_EVAL,
                        steps=(Step("quantize", {"method": "rtn", "bits": 4, "group_size": 32}),))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import core.pipeline
+import core.recipe.pipeline
 from core.cli import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, main
 from core.store import RESULT_FIELDS, ResultStore
 
@@ -177,7 +177,7 @@ def test_internal_error_exits_1(llama, text_file, results_env, monkeypatch, caps
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(core.pipeline, "run", broken)
+    monkeypatch.setattr(core.recipe.pipeline, "run", broken)
     code = call(eval_args(llama, text_file, results_env, "--json"))
     out, err = capsys.readouterr()
     assert code == EXIT_INTERNAL

@@ -4,8 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
 
-from core import decode
-from core.evaluate import measure_latency
+from core.evaluate import decode, measure_latency
 from core.quantize import QuantizeSpec, quantize_
 from tests.helpers import tiny_causal_lm
 

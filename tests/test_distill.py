@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import cli, data, models, pipeline
+from core import cli, data, models
 from core.distill import (
     DistillSpec,
     VocabularyMismatchError,
@@ -22,15 +22,16 @@ from core.distill import (
     run_step,
     training_data,
 )
-from core.distill_loss import distill_loss, hidden_mse, kd_kl
-from core.distill_qat import FakeQuantLinear, fake_quantize_, repack_
-from core.distill_train import _Trainer, hidden_pairs
+from core.distill.loss import distill_loss, hidden_mse, kd_kl
+from core.distill.qat import FakeQuantLinear, fake_quantize_, repack_
+from core.distill.train import _Trainer, hidden_pairs
 from core.errors import SpecError, TextSourceError
+from core.evaluate import EvalSpec, evaluate_quality
 from core.layers import block_linear_layers, decoder_blocks
 from core.prune import PruneSpec, prune_
-from core.qlinear import QuantLinear
 from core.quantize import QuantizeSpec, quantize_
-from core.specs import EvalSpec, Recipe, Step
+from core.quantize.qlinear import QuantLinear
+from core.recipe import Recipe, Step, pipeline
 from core.store import ResultStore
 
 TINY = {"steps": 4, "batch_size": 2, "seqlen": 64, "eval_windows": 2, "eval_every": 2, "text": "sample-train"}
@@ -299,10 +300,10 @@ def test_a_short_kd_run_lowers_the_students_held_out_perplexity(teacher, train_i
                        eval_every=6, eval_windows=2, text="sample-train")
     copy, _ = build_student_(models.clone(teacher.model), spec)
     windows = heldout(teacher)
-    before = pipeline.evaluate.evaluate_quality(copy, windows).perplexity
+    before = evaluate_quality(copy, windows).perplexity
     records = []
     report = distill_(copy, teacher.model, spec, train_ids, heldout(teacher, 2, 128), on_step=records.append)
-    after = pipeline.evaluate.evaluate_quality(copy, windows).perplexity
+    after = evaluate_quality(copy, windows).perplexity
     assert after < 0.8 * before, (before, after)  # 183 -> 125 when this was written
     assert report.stopped == "completed" and report.steps_done == 12 and report.train_tokens == 12 * 4 * 128
     assert [r["step"] for r in report.curve] == list(range(13)) and records == report.curve
@@ -354,7 +355,7 @@ def test_a_quantized_student_trains_through_its_grid_and_ends_packed(student, tr
     quantize_(packed, QuantizeSpec(method="rtn", bits=3, group_size=32))
     before = {name: (m.codes().clone(), m.scales.clone()) for name, m in quantized_layers(packed).items()}
     windows = heldout(student, 2, 64)
-    start = pipeline.evaluate.evaluate_quality(packed, windows).perplexity
+    start = evaluate_quality(packed, windows).perplexity
     # latent weights start at the centres of their rounding bins: a large step moves some across
     spec = DistillSpec(student="self", lr=1e-2, **{**TINY, "eval_every": 0}, keep_best=False)
     report = distill_(packed, student.model, spec, train_ids, windows)
@@ -363,7 +364,7 @@ def test_a_quantized_student_trains_through_its_grid_and_ends_packed(student, tr
     assert after.keys() == before.keys() and not any(isinstance(m, FakeQuantLinear) for m in packed.modules())
     assert all(torch.equal(m.scales, before[n][1]) and m.scheme.bits == 3 for n, m in after.items())
     assert any(not torch.equal(m.codes(), before[n][0]) for n, m in after.items())  # the codes moved
-    ended = pipeline.evaluate.evaluate_quality(packed, windows).perplexity
+    ended = evaluate_quality(packed, windows).perplexity
     assert ended == pytest.approx(report.last_perplexity, rel=1e-5)  # the packed model is what was trained
     assert any("re-packed" in note for note in report.notes)
 
@@ -396,7 +397,7 @@ def test_cancel_stops_at_the_next_step_and_keeps_the_best_so_far(teacher, train_
     assert report.cancelled and report.stopped == "cancelled" and report.steps_done == 3
     evaluated = {r["step"]: r["eval_perplexity"] for r in report.curve}
     assert report.best_perplexity == min(evaluated.values()) and report.best_step == min(evaluated, key=evaluated.get)
-    restored = pipeline.evaluate.evaluate_quality(copy, windows).perplexity
+    restored = evaluate_quality(copy, windows).perplexity
     assert restored == pytest.approx(report.best_perplexity, rel=1e-6)
     assert "kept the weights of step" in report.notes[0]
 

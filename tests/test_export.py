@@ -20,18 +20,18 @@ import numpy as np
 import pytest
 import torch
 
-from core import data, export_files, models, pipeline
+from core import data, models
 from core.errors import CancelledError, ExportError, SpecError
-from core.evaluate import measure_size
+from core.evaluate import EvalSpec, measure_size
 from core.export import ExportSpec, export_model, load_exported, remove_abandoned, writable_formats
-from core.export_gguf import _blocks, exact_types
+from core.export import files as export_files
+from core.export.gguf import _blocks, exact_types
+from core.models.sparse import from_sparse, sparse_bytes, to_sparse, worth_sparse
 from core.prune import PruneSpec, prune_
-from core.qembedding import TiedQuantEmbedding
-from core.qlinear import QuantLinear
-from core.quant_math import QuantScheme, rtn_quantize
-from core.quantize import QuantizeSpec, choose_kernels, quantize_
-from core.sparse_storage import from_sparse, sparse_bytes, to_sparse, worth_sparse
-from core.specs import EvalSpec, Recipe, Step
+from core.quantize import QuantizeSpec, QuantScheme, choose_kernels, quantize_, rtn_quantize
+from core.quantize.qembedding import TiedQuantEmbedding
+from core.quantize.qlinear import QuantLinear
+from core.recipe import Recipe, Step, pipeline
 from core.store import ResultStore
 from tests.helpers import tiny_tokenizer
 
@@ -259,7 +259,7 @@ def test_a_cancelled_export_leaves_nothing(teacher, windows, tmp_path: Path) -> 
 
 
 def test_a_full_disk_while_zipping_leaves_nothing(teacher, windows, tmp_path: Path, monkeypatch) -> None:
-    import core.export as export_module
+    import core.export.export as export_module
 
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -38,8 +38,8 @@ def test_gpu_latency_reports_allocator_peak(tiny_models):
 
 
 def _cuda_layer(scheme, in_features: int = 1024, out_features: int = 256):
-    from core.qlinear import QuantLinear
-    from core.quant_math import rtn_quantize
+    from core.quantize import rtn_quantize
+    from core.quantize.qlinear import QuantLinear
 
     weight = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(0)).cuda()
     matrix = rtn_quantize(weight, scheme)
@@ -48,7 +48,7 @@ def _cuda_layer(scheme, in_features: int = 1024, out_features: int = 256):
 
 @pytest.mark.parametrize("kernel", ["int4_weight_only", "dequant"])
 def test_int4_tinygemm_matches_the_dequantized_matmul(kernel):
-    from core.quant_math import QuantScheme
+    from core.quantize import QuantScheme
 
     layer, matrix = _cuda_layer(QuantScheme(4, 128, False))
     x = torch.randn(8, 1024, device="cuda", dtype=torch.bfloat16)
@@ -60,7 +60,7 @@ def test_int4_tinygemm_matches_the_dequantized_matmul(kernel):
 
 
 def test_int8_dynamic_runs_the_integer_matmul_on_cuda():
-    from core.quant_math import QuantScheme
+    from core.quantize import QuantScheme
 
     layer, matrix = _cuda_layer(QuantScheme(8))
     x = torch.randn(32, 1024, device="cuda")  # torch._int_mm wants more than 16 rows
@@ -84,8 +84,8 @@ def test_gptq_runs_on_cuda_and_beats_rtn(tiny_models):
 
 
 def test_int8_dynamic_on_cuda_keeps_the_full_grid_and_runs_on_the_cpu_too(tiny_models):
-    from core.qlinear import QuantLinear
     from core.quantize import QuantizeSpec, choose_kernels, quantize
+    from core.quantize.qlinear import QuantLinear
 
     loaded = models.load(str(tiny_models["llama"]), device="cuda", dtype="fp32")
     model, _ = quantize(loaded.model, QuantizeSpec("int8_dynamic", smooth=0))

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import core.models
+import core.models.device
+import core.models.loading
 from core.data import load_text, tokenize, windows
 from core.errors import (
     DeviceError,
@@ -171,14 +173,14 @@ def test_remote_code_is_refused(tmp_path):
 
 
 def test_hub_unreachable_fails_fast(monkeypatch):
-    monkeypatch.setattr(core.models, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(core.models.loading, "hub_reachable", lambda *a, **k: False)
     with pytest.raises(HubUnreachableError, match="cannot reach the Hugging Face Hub") as info:
         load("nobody/no-such-model", device="cpu")
     assert "nobody/no-such-model" in str(info.value)
 
 
 def test_insufficient_memory_reports_gib(tiny_models, monkeypatch):
-    monkeypatch.setattr(core.models, "free_memory_bytes", lambda device: 1000)
+    monkeypatch.setattr(core.models.device, "free_memory_bytes", lambda device: 1000)
     with pytest.raises(InsufficientMemoryError, match="GiB") as info:
         load(str(tiny_models["llama"]), device="cpu")
     assert "dtype" in str(info.value)

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import models, pipeline
+from core import models
 from core.errors import CancelledError, ModelNotFoundError, TextSourceError
-from core.specs import EvalSpec, Recipe
+from core.evaluate import EvalSpec
+from core.evaluate import measurement as evaluation
+from core.recipe import Recipe, pipeline
 from core.store import ResultStore
 
 
@@ -150,8 +152,8 @@ def test_cancel_returning_false_runs_to_the_end(llama, text_file, tmp_path):
 
 
 def test_fit_to_context():
-    assert pipeline.fit_to_context(128, 32, 512) == (128, 32)
-    prompt, new = pipeline.fit_to_context(128, 32, 100)
+    assert evaluation.fit_to_context(128, 32, 512) == (128, 32)
+    prompt, new = evaluation.fit_to_context(128, 32, 100)
     assert prompt + new <= 100 and prompt >= 1 and new >= 1
-    prompt, new = pipeline.fit_to_context(1, 1, 2)
+    prompt, new = evaluation.fit_to_context(1, 1, 2)
     assert (prompt, new) == (1, 1)

@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 
-from core import cli, models, pipeline
-from core.specs import CalibrationSpec, EvalSpec, Recipe, Step
+from core import cli, models
+from core.calibration import CalibrationSpec
+from core.evaluate import EvalSpec
+from core.recipe import Recipe, Step, pipeline
 from core.store import ResultStore
 
 

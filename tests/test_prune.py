@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.calibrate import HessianAccumulator, sequential_walk
+from core.calibration import HessianAccumulator, reconstruction_error, sequential_walk
 from core.errors import CancelledError, SpecError
 from core.layers import block_linear_layers, decoder_blocks, linear_layers, weight_matrix
 from core.prune import (
@@ -20,15 +20,14 @@ from core.prune import (
     nm_mask,
     prune,
     prune_,
-    reconstruction_error,
     row_mask,
     sparsegpt_prune,
     threshold_mask,
     unstructured_mask,
     wanda_scores,
 )
-from core.recovery import finetune_masked_
-from core.threshold_preview import ThresholdPreview
+from core.prune.preview import ThresholdPreview
+from core.prune.recovery import finetune_masked_
 from tests.helpers import CAUSAL_FAMILIES
 
 T, F_ = True, False

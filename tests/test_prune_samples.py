@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core import models, pipeline
-from core.specs import Recipe
+from core import models
+from core.recipe import Recipe, pipeline
 from core.store import ResultStore
 
 

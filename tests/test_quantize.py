@@ -12,22 +12,27 @@ import torch.nn.functional as F
 from core.errors import SpecError
 from core.evaluate import measure_size
 from core.layers import block_linear_layers, decoder_blocks, is_linear, weight_matrix
-from core.qlinear import FBGEMM_SAFE_RADIUS, QuantLinear, kernel_unavailable
-from core.quant_math import (
+from core.quantize import (
     QuantizedMatrix,
+    QuantizeSpec,
     QuantScheme,
+    choose_kernels,
     dequantize_codes,
     fake_quantize,
     gptq_quantize,
     pack_codes,
     packed_columns,
+    plan_layers,
     qparams,
+    quantize,
+    quantize_,
     quantize_codes,
     rtn_quantize,
     sqnr_db,
     unpack_codes,
 )
-from core.quantize import QuantizeSpec, choose_kernels, plan_layers, quantize, quantize_
+from core.quantize.kernels import FBGEMM_SAFE_RADIUS, kernel_unavailable
+from core.quantize.qlinear import QuantLinear
 from tests.helpers import CAUSAL_FAMILIES
 
 

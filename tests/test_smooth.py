@@ -7,7 +7,7 @@ import torch
 
 from core.errors import SpecError
 from core.quantize import QuantizeSpec, quantize_
-from core.smooth import smooth_, unsupported_reason
+from core.quantize.smooth import smooth_, unsupported_reason
 from tests.helpers import tiny_causal_lm
 
 

@@ -7,9 +7,12 @@ import json
 import pytest
 import yaml
 
+from core.calibration import CalibrationSpec
 from core.errors import SpecError
-from core.specs import STEP_KINDS, CalibrationSpec, EvalSpec, Recipe, Step, load_recipe
-from core.steps import PARSERS, PruneStep
+from core.evaluate import EvalSpec
+from core.prune.step import PruneStep
+from core.recipe import STEP_KINDS, Recipe, Step, load_recipe
+from core.recipe import STEPS as PARSERS
 
 
 def test_only_model_gets_defaults():

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from core.errors import CancelledError, SpecError
-from core.structured import (
+from core.prune.structured import (
     StructuredReport,
     StructuredSpec,
     channel_scores,

@@ -1,7 +1,7 @@
 """Cached loaders: the base model (shared, read-only), its baseline figures, the threshold preview, figures.
 
 ``load_base`` returns one ``LoadedModel`` per (reference, device, dtype) for every session and the
-background worker. Nobody mutates it: jobs run ``core.pipeline.run(recipe, store, base=loaded)``,
+background worker. Nobody mutates it: jobs run ``core.recipe.pipeline.run(recipe, store, base=loaded)``,
 which deep-copies before any step, and the pages only read weights or run forward passes.
 """
 
@@ -13,11 +13,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import models, pipeline
-from core.evaluate import measure_size
-from core.specs import EvalSpec
+from core import models
+from core.evaluate import EvalSpec, measure, measure_size
+from core.prune.preview import ThresholdPreview
 from core.store import ResultStore, default_results_dir
-from core.threshold_preview import ThresholdPreview
 from ui import charts, modelinfo
 from ui.errors import shown
 from ui.state import Selection
@@ -78,7 +77,7 @@ def baseline_metrics(ref: str, text: str, seqlen: int | None, max_windows: int |
     """Perplexity, top-1 accuracy, size (and speed when ``latency``) of the base model, measured once."""
     loaded = load_base(ref, device, dtype)
     spec = EvalSpec(text=text, seqlen=seqlen, max_windows=max_windows, latency=latency, compare_to_base=False)
-    measured = pipeline.measure(loaded.model, loaded, spec)
+    measured = measure(loaded.model, loaded, spec)
     return {**measured.row_fields(), **measured.details()}
 
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import streamlit as st
 
+from core.calibration import CalibrationSpec
 from core.models import LoadedModel
-from core.specs import CalibrationSpec, Recipe, Step
+from core.recipe import Recipe, Step
 from ui import jobs, sources, state
 from ui.errors import shown
 

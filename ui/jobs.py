@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 
 import streamlit as st
 
-from core import pipeline
 from core.errors import CancelledError, SqueezeLabError
 from core.models import LoadedModel
-from core.specs import Recipe
+from core.recipe import Recipe, pipeline
 from core.store import ResultRow, ResultStore, UnknownResultError, default_results_dir
 from ui import state
 from ui.cache import store_at

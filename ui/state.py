@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from core.specs import EvalSpec
+from core.evaluate import EvalSpec
 
 _SELECTION_KEY = "squeezelab_selection"
 _JOB_KEY = "squeezelab_job"

@@ -1,0 +1,121 @@
+"""The ``squeezelab`` commands: each turns parsed options into a recipe (or a store query) and runs it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from core.calibration.spec import CalibrationSpec
+from core.cli.output import print_row, progress_printer
+from core.cli.parser import EXIT_OK
+from core.errors import SqueezeLabError
+from core.evaluate.spec import EvalSpec
+from core.export.spec import ExportSpec
+from core.recipe import pipeline
+from core.recipe.recipe import Recipe, Step, load_recipe
+from core.recipe.steps import STEPS
+from core.store import ResultStore, UnknownResultError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _eval_spec(args: argparse.Namespace):
+    return EvalSpec(text=args.text, seqlen=args.seqlen, max_windows=args.max_windows or None,
+                    latency=not args.no_latency)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    return _run_recipe(Recipe(model=args.model, evaluation=_eval_spec(args), device=args.device, dtype=args.dtype),
+                       args)
+
+
+def step_command(kind: str) -> Callable[[argparse.Namespace], int]:
+    """``squeezelab <kind>``: a one-step recipe from the step's own options (``STEPS[kind].params_from_cli``)."""
+    step = STEPS[kind]
+
+    def command(args: argparse.Namespace) -> int:
+        calibration = CalibrationSpec(text=args.calib_text, samples=args.calib_samples,
+                                      seqlen=args.calib_seqlen) if step.CLI_CALIBRATION else CalibrationSpec()
+        recipe = Recipe(model=args.model, steps=(Step(kind, step.params_from_cli(args)),), calibration=calibration,
+                        evaluation=_eval_spec(args), device=args.device, dtype=args.dtype)
+        return _run_recipe(recipe, args)
+
+    return command
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run_recipe(load_recipe(args.recipe), args)
+
+
+def _run_recipe(recipe, args: argparse.Namespace) -> int:
+    row = pipeline.run(recipe, ResultStore(args.results_dir), on_progress=progress_printer(not args.json))
+    print_row(row, args.json)
+    return EXIT_OK
+
+
+def export_params(args: argparse.Namespace) -> dict:
+    """The recipe's ``export:`` mapping for the given options."""
+    sparse = {"auto": "auto", "always": True, "never": False}[args.sparse]
+    return {"format": args.format, "path": str(args.out), "gguf_type": args.gguf_type, "requantize": args.requantize,
+            "sparse": sparse, "dtype": args.dtype, "zip": args.zip, "overwrite": args.overwrite,
+            "check_windows": args.check_windows}
+
+
+def export_source_recipe(source: str, results_dir: Path | None):
+    """The recipe behind ``source``: a stored result's, a recipe file's, or an evaluation of a model reference."""
+    path = Path(source).expanduser()
+    if path.suffix.lower() in (".yaml", ".yml", ".json") and path.is_file():
+        return load_recipe(path)
+    try:
+        row = ResultStore(results_dir).get(source)
+    except UnknownResultError:
+        return Recipe(model=source)  # a model reference (checked when the recipe runs)
+    return Recipe.from_dict(yaml.safe_load(row.recipe))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    recipe = export_source_recipe(args.source, args.results_dir)
+    recipe = dataclasses.replace(recipe, export=ExportSpec.from_dict(export_params(args)).as_dict())
+    return _run_recipe(recipe, args)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    store = ResultStore(args.results_dir)
+    if args.csv:
+        sys.stdout.write(store.to_csv())
+        return EXIT_OK
+    rows = store.list()
+    if not rows:
+        print(f"no results yet in {store.root}")
+    for row in rows:
+        ppl = f"{row.perplexity:.3f}" if row.perplexity is not None else "-"
+        print(f"{row.id}  {row.status:<9}  ppl {ppl:>9}  {row.model}" + (f"  ({row.error})" if row.error else ""))
+    return EXIT_OK
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    app = REPO_ROOT / "app.py"
+    if not app.is_file():
+        raise SqueezeLabError(f"the dashboard ({app}) is not part of this installation; use `squeezelab eval`")
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", "127.0.0.1",
+               "--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
+    return subprocess.call(command, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+
+
+def cmd_build_samples(args: argparse.Namespace) -> int:
+    from sample_models import build
+
+    return build.main(args.args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "eval": cmd_eval, **{kind: step_command(kind) for kind in STEPS}, "run": cmd_run, "export": cmd_export,
+    "history": cmd_history, "app": cmd_app, "build-samples": cmd_build_samples,
+}

@@ -1,0 +1,106 @@
+"""One evaluation of a loaded model as a recipe asks for it: quality, size and (optionally) latency."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+
+import torch
+import transformers
+
+from core import data
+from core.evaluate.latency import LatencyMetrics, measure_latency
+from core.evaluate.quality import QualityMetrics, evaluate_quality
+from core.evaluate.size import SizeMetrics, measure_size
+from core.evaluate.spec import EvalSpec
+from core.models.source import LoadedModel
+from core.progress import CancelFn, ProgressFn, report
+from core.quantize.kernel_choice import kernel_summary
+
+
+@dataclass
+class Measurement:
+    """Everything one evaluation measured, ready to become result-row fields."""
+
+    quality: QualityMetrics
+    size: SizeMetrics
+    latency: LatencyMetrics | None
+    text: str
+    windows: torch.Tensor | None = None  # the evaluation windows [n, seqlen] (an export re-scores some of them)
+
+    def row_fields(self) -> dict:
+        latency = self.latency
+        return {
+            "perplexity": self.quality.perplexity,
+            "top1_acc": self.quality.top1_acc,
+            "top1_agreement": self.quality.top1_agreement,
+            "kl_to_base": self.quality.kl_to_base,
+            "params": self.size.params,
+            "nonzero_params": self.size.nonzero_params,
+            "size_bytes": self.size.size_bytes,
+            "bits_per_weight": self.size.bits_per_weight,
+            "prefill_ms": latency.prefill_ms if latency else None,
+            "decode_tok_s": latency.decode_tok_s if latency else None,
+            "peak_mem_bytes": latency.peak_mem_bytes if latency else None,
+        }
+
+    def details(self) -> dict:
+        return {
+            "text": self.text,
+            "seqlen": self.quality.seqlen,
+            "windows": self.quality.windows,
+            "tokens_scored": self.quality.tokens_scored,
+            "latency": self.latency.as_dict() if self.latency else None,
+            "threads": torch.get_num_threads(),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__},
+        }
+
+
+def eval_windows(loaded: LoadedModel, spec: EvalSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(all token ids of the evaluation text, the windows scored) for a model and spec."""
+    text = data.load_text(spec.text, default=loaded.source.default_text)
+    ids = data.tokenize(loaded.tokenizer, text.text)
+    return ids, data.windows(ids, spec.resolved_seqlen(loaded.context_length), spec.max_windows)
+
+
+def measure(
+    model: torch.nn.Module,
+    loaded: LoadedModel,
+    spec: EvalSpec,
+    base: torch.nn.Module | None = None,
+    on_progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> Measurement:
+    """Quality on the spec's windows (agreement with ``base`` if given), size, and latency."""
+    ids, windows = eval_windows(loaded, spec)
+    quality = evaluate_quality(model, windows, base=base, on_progress=on_progress, cancel=cancel)
+    latency = None
+    if spec.latency:
+        report(on_progress, "latency", 0.0)
+        prompt_tokens, new_tokens = fit_to_context(spec.prompt_tokens, spec.new_tokens, loaded.context_length)
+        prompt_tokens = min(prompt_tokens, ids.numel())
+        latency = measure_latency(model, ids[:prompt_tokens], new_tokens, runs=spec.latency_runs,
+                                           cancel=cancel)
+    return Measurement(quality, measure_size(model), latency, spec.text, windows)
+
+
+def fit_to_context(prompt_tokens: int, new_tokens: int, context_length: int) -> tuple[int, int]:
+    """Shrink the latency prompt / generation so both fit the model's context (half each at worst)."""
+    if prompt_tokens + new_tokens <= context_length:
+        return prompt_tokens, new_tokens
+    prompt = min(prompt_tokens, max(1, context_length // 2))
+    return prompt, max(1, min(new_tokens, context_length - prompt))
+
+
+def kernel_label(model: torch.nn.Module, size: SizeMetrics) -> str:
+    """What runs the matmuls, e.g. 'dense float32 (torch cpu)' or 'dense float32 with zeros (torch cpu)'.
+
+    A quantized model names the kernels of its quantized layers, e.g. '4-bit int4_weight_only x210 (torch cpu)'.
+    """
+    quantized = kernel_summary(model)
+    if quantized is not None:
+        return quantized
+    parameter = next(model.parameters())
+    zeros = " with zeros" if size.nonzero_params < 0.99 * size.params else ""
+    return f"dense {str(parameter.dtype).replace('torch.', '')}{zeros} (torch {parameter.device.type})"

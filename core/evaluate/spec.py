@@ -1,0 +1,49 @@
+"""``EvalSpec``: how a model is measured (a recipe's ``evaluation:`` section).
+
+In a recipe::
+
+    evaluation: {text: default, seqlen: 512, max_windows: 64, latency: true}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.checks import is_count, require
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How a model is measured; every figure is reported beside these settings."""
+
+    text: str = "default"
+    seqlen: int | None = None  # None: 512, or the model's context length when that is shorter
+    max_windows: int | None = 64  # None: every window of the text
+    latency: bool = True  # also measure prefill / decode speed and peak memory
+    compare_to_base: bool = True  # after steps: base perplexity, top-1 agreement, KL (a second forward pass)
+    prompt_tokens: int = 128
+    new_tokens: int = 32
+    latency_runs: int = 5
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.text, str), f"evaluation.text must be a text source name or path, got {self.text!r}")
+        require(self.seqlen is None or is_count(self.seqlen, 2),
+                f"evaluation.seqlen must be a whole number >= 2, got {self.seqlen!r}")
+        require(self.max_windows is None or is_count(self.max_windows, 1),
+                f"evaluation.max_windows must be a whole number >= 1 (or omitted for all), got {self.max_windows!r}")
+        for name in ("latency", "compare_to_base"):
+            require(isinstance(getattr(self, name), bool),
+                    f"evaluation.{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("prompt_tokens", "new_tokens", "latency_runs"):
+            value = getattr(self, name)
+            require(is_count(value, 1),
+                    f"evaluation.{name} must be a whole number >= 1, got {value!r}")
+
+    def resolved_seqlen(self, context_length: int) -> int:
+        """The window length to use for a model with ``context_length`` positions."""
+        if self.seqlen is None:
+            return min(512, context_length)
+        require(self.seqlen <= context_length,
+                f"evaluation.seqlen={self.seqlen} is longer than the model's context ({context_length} tokens); "
+                f"use at most {context_length}")
+        return self.seqlen

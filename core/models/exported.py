@@ -1,0 +1,166 @@
+"""Reload what SqueezeLab exported: its own stored form, plain or compressed-tensors folders, GGUF files.
+
+SqueezeLab's own folder format (written by ``core.export.hf``) is a transformers folder whose
+``config.json`` says ``quantization_config.quant_method: squeezelab``; its weights are in
+``squeezelab.safetensors`` as packed codes, fp16 scales and sparse tensors (``core.models.sparse``).
+``load_exported`` reloads any export the way a user would; ``core.models.loading.load`` comes here
+for a folder in SqueezeLab's form.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.errors import SpecError
+from core.models.device import DTYPES, pick_device
+from core.models.source import LoadedModel, ModelSource, ensure_pad_token
+from core.models.sparse import MASK_SUFFIX, VALUES_SUFFIX, from_sparse
+from core.quantize.kernel_choice import choose_kernels
+from core.quantize.qembedding import tie_quantized_embedding_
+from core.quantize.qlinear import QuantLinear
+from core.quantize.scheme import QuantScheme
+
+QUANT_METHOD = "squeezelab"
+
+FORMAT_VERSION = 1
+
+# Not model.safetensors: transformers would load the folder with random weights in place of the packed
+# ones (it skips an unknown quant_method with a warning); without that file it refuses instead.
+SQUEEZELAB_WEIGHTS = "squeezelab.safetensors"
+
+DENSE_WEIGHTS = "model.safetensors"
+
+
+def is_squeezelab_folder(folder: Path) -> bool:
+    """Whether ``folder/config.json`` names SqueezeLab's stored form."""
+    try:
+        raw = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (raw.get("quantization_config") or {}).get("quant_method") == QUANT_METHOD
+
+
+def skeleton(config, dtype: torch.dtype) -> nn.Module:
+    """An instance of the config's class whose weights are about to be overwritten (init skipped if possible)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers: a random init, then overwritten
+        no_init_weights = contextlib.nullcontext
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # skipping the init also skips the tie that from_config would make
+    return model
+
+
+def _read_state(folder: Path, sparse: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / SQUEEZELAB_WEIGHTS))
+    for name, shape in sparse.items():
+        state[name] = from_sparse(state.pop(name + MASK_SUFFIX), state.pop(name + VALUES_SUFFIX), tuple(shape))
+    return state
+
+
+def load_hf(folder: Path, dtype: torch.dtype | None = None, kernel: str | None = None) -> nn.Module:
+    """Rebuild a SqueezeLab folder's model: QuantLinear modules, tied embedding, sparse tensors; on the CPU."""
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    qconfig = json.loads((folder / "config.json").read_text())["quantization_config"]
+    if qconfig.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{folder} was written by a newer SqueezeLab (format {qconfig['format_version']}); "
+                         "upgrade SqueezeLab to load it")
+    config = AutoConfig.from_pretrained(folder)
+    for attribute in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attribute):
+            delattr(config, attribute)
+    dtype = dtype or getattr(config, "dtype", None) or torch.float32
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    model = skeleton(config, dtype)
+    for name, params in qconfig.get("modules", {}).items():
+        old = model.get_submodule(name)
+        weight = old.weight
+        in_features, out_features = (weight.shape[0], weight.shape[1]) if not isinstance(old, nn.Linear) \
+            else (old.in_features, old.out_features)  # GPT-2's Conv1D stores [in, out]
+        scheme = QuantScheme(params["bits"], params.get("group_size"), params.get("symmetric", True))
+        model.set_submodule(name, QuantLinear(in_features, out_features, scheme, getattr(old, "bias", None) is not None,
+                                              dtype))
+    if qconfig.get("tied_embedding"):
+        tie_quantized_embedding_(model, model.get_output_embeddings())
+    state = _read_state(folder, qconfig.get("sparse") or {})
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    expected_state = model.state_dict()
+    untied = [key for key in missing if not _shares_storage(expected_state, key)]
+    if unexpected or untied:
+        raise ValueError(f"{folder}/{SQUEEZELAB_WEIGHTS} does not match its config: missing {untied[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    choose_kernels(model, kernel or qconfig.get("kernel", "auto"))
+    return model.eval()
+
+
+def _shares_storage(state: dict[str, torch.Tensor], key: str) -> bool:
+    """Whether ``key`` is an alias (tied weight) of another entry, which the file stores once."""
+    tensor = state[key]
+    return any(other != key and t.data_ptr() == tensor.data_ptr() for other, t in state.items())
+
+
+# ---- the call a user makes ----
+
+
+def load_exported(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
+                  kernel: str | None = None) -> LoadedModel:
+    """Load any SqueezeLab export back: an hf folder (SqueezeLab's stored form or plain), a compressed-tensors
+    folder, or a GGUF file (or a folder holding one). ``kernel`` picks the QuantLinear kernel (default: auto)."""
+    path = Path(path).expanduser()
+    target = pick_device(device)
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) else DTYPES.get(dtype or "", None)
+    gguf = path if path.suffix == ".gguf" else _only_gguf(path)
+    if gguf is not None:
+        model, tokenizer = reload_artifact("gguf", gguf, torch_dtype or torch.float32, kernel)
+        source = ModelSource(str(gguf), "gguf", str(gguf.parent), gguf.name)
+    else:
+        if not (path / "config.json").is_file():
+            raise SpecError(f"{path} is neither an exported folder (config.json) nor a .gguf file")
+        model, tokenizer = reload_artifact("hf", path, torch_dtype, kernel)
+        source = ModelSource(str(path), "folder", str(path))
+    ensure_pad_token(tokenizer)
+    model.to(target).eval()
+    return LoadedModel(model, tokenizer, source, target, next(model.parameters()).dtype)
+
+
+def _only_gguf(folder: Path) -> Path | None:
+    """The .gguf file of an exported GGUF folder (one without config.json), else None."""
+    if not folder.is_dir() or (folder / "config.json").exists():
+        return None
+    found = sorted(folder.glob("*.gguf"))
+    return found[0] if found else None
+
+
+def reload_artifact(kind: str, path: Path, dtype: torch.dtype | None, kernel: str | None) -> tuple[nn.Module, Any]:
+    """(model, tokenizer) from a written artifact: ``path`` is a folder, or a .gguf file for kind gguf."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if kind == "gguf":
+        return load_gguf(path, dtype or torch.float32)
+    if is_squeezelab_folder(path):
+        model = load_hf(path, dtype, kernel)
+    else:  # plain or compressed-tensors: transformers itself (compressed-tensors decompresses on load)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]:
+    """What a user runs: transformers' GGUF loader (dequantizes to ``dtype``) for model and tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).eval()
+    return model, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)

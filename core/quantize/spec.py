@@ -1,0 +1,184 @@
+"""``QuantizeSpec``: what to quantize and how, validated before any model is touched.
+
+* rtn          - round to nearest with min-max scales (per channel or per group); no data.
+* gptq         - Frantar et al. 2022: quantize column by column and compensate with H^-1.
+* int8_dynamic - 8-bit symmetric per-channel weights (codes within +-64 on the CPU, +-127 on CUDA; see
+                 ``QuantizeSpec.scheme_on``), stored as int8, and int8
+                 activations quantized per token at run time, on an integer matmul kernel (weights
+                 rounded by RTN, or GPTQ with ``rounding: gptq``).
+* fp16 / bf16  - the whole model cast to half precision (the simplest baseline).
+
+Mixed precision: ``overrides`` give bits / group size / symmetry per layer-name pattern, or
+``skip: true`` to keep a layer as it is; the first matching override wins.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from core.checks import check_keys, checked_params, name_patterns, require, require_mapping
+from core.quantize.kernels import FBGEMM_SAFE_RADIUS, KERNELS
+from core.quantize.scheme import QuantScheme
+
+METHODS = ("rtn", "gptq", "int8_dynamic", "fp16", "bf16")
+CAST_METHODS = ("fp16", "bf16")
+SMOOTH_DEFAULT_ALPHA = 0.5
+_OVERRIDE_KEYS = ("pattern", "bits", "group_size", "symmetric", "skip")
+
+
+@dataclass(frozen=True)
+class Override:
+    """Per-layer settings for layers whose name matches ``pattern`` (shell style, e.g. ``*.self_attn.*``)."""
+
+    pattern: str
+    bits: int | None = None
+    group_size: int | None = None
+    symmetric: bool | None = None
+    skip: bool = False
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Override:
+        require_mapping(raw, "an override", "{pattern: '*.mlp.*', bits: 4}")
+        require("pattern" in raw, f"an override needs a pattern, e.g. {{pattern: '*.mlp.*', bits: 4}}; got {raw!r}")
+        check_keys(raw, _OVERRIDE_KEYS, "override key")
+        require(isinstance(raw["pattern"], str) and raw["pattern"], "an override's pattern must be a non-empty text")
+        return cls(**raw)
+
+    def scheme(self, base: QuantScheme) -> QuantScheme:
+        """``base`` with this override's settings on top (validated)."""
+        changes = {k: getattr(self, k) for k in ("bits", "symmetric") if getattr(self, k) is not None}
+        if "group_size" in self.__dict__ and self.group_size is not None:
+            changes["group_size"] = self.group_size or None  # 0 means per channel
+        # a narrowed code grid belongs to the base's bits and kernel; other bits use their full range
+        same_grid = changes.get("bits", base.bits) == base.bits and changes.get("symmetric", base.symmetric)
+        return replace(base, **changes, code_radius=base.code_radius if same_grid else None)
+
+
+@dataclass(frozen=True)
+class QuantizeSpec:
+    """What to quantize and how. ``group_size`` None (or 0) means one scale per output channel.
+
+    In a recipe::
+
+        steps:
+          - quantize: {method: gptq, bits: 4, group_size: 64, symmetric: false,
+                       overrides: [{pattern: "*.self_attn.*", bits: 8}, {pattern: "model.layers.0.*", skip: true}]}
+    """
+
+    method: str = "rtn"
+    bits: int = 4
+    group_size: int | None = None
+    symmetric: bool = True
+    # gptq: columns in order of decreasing H_jj, groups kept static (the stored layout is RTN's); on by
+    # default as in llm-compressor: SmolLM2 4-bit g64 symmetric 42.33 -> 39.07 (BENCHMARKS section 5)
+    act_order: bool = True
+    blocksize: int = 128  # gptq: columns updated together
+    percdamp: float = 0.01  # gptq: damping, as a fraction of mean(diag(H))
+    kernel: str = "auto"  # auto | dequant | int8_weight_only | int4_weight_only | int8_dynamic
+    lm_head: bool = False  # also quantize the output projection (RTN); a tied input embedding follows it
+    rounding: str = "rtn"  # int8_dynamic only: how its int8 weights are rounded (rtn | gptq)
+    # int8_dynamic only: SmoothQuant migration strength alpha (0 = off); None = 0.5 when there is
+    # calibration text, off (with a note) when there is none
+    smooth: float | None = None
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    overrides: tuple[Override, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        require(self.method in METHODS, f"unknown quantization method {self.method!r}; choose one of "
+                                         f"{', '.join(METHODS)}")
+        if self.group_size == 0:
+            object.__setattr__(self, "group_size", None)
+        if self.method == "int8_dynamic":  # the kernel's weight format is fixed
+            object.__setattr__(self, "bits", 8)
+            object.__setattr__(self, "group_size", None)
+            object.__setattr__(self, "symmetric", True)
+        self.scheme  # noqa: B018 - validates bits / group size / symmetric
+        require(self.kernel == "auto" or self.kernel in KERNELS,
+                f"unknown kernel {self.kernel!r}; choose auto or one of {', '.join(KERNELS)}")
+        require(self.rounding in ("rtn", "gptq"), f"rounding must be rtn or gptq, got {self.rounding!r}")
+        require(self.smooth is None or (isinstance(self.smooth, int | float) and 0 <= self.smooth < 1),
+                f"smooth (SmoothQuant alpha) must be in [0, 1), e.g. 0.5, or 0 for off; got {self.smooth!r}")
+        require(isinstance(self.blocksize, int) and self.blocksize > 0,
+                f"blocksize must be a whole number > 0, got {self.blocksize!r}")
+        require(isinstance(self.percdamp, int | float) and 0 < self.percdamp < 1,
+                f"percdamp must be in (0, 1), e.g. 0.01; got {self.percdamp!r}")
+        for name in ("include", "exclude"):
+            object.__setattr__(self, name, name_patterns(getattr(self, name), name) if getattr(self, name) else ())
+        overrides = tuple(o if isinstance(o, Override) else Override.from_dict(o) for o in self.overrides)
+        object.__setattr__(self, "overrides", overrides)
+        for override in overrides:
+            override.scheme(self.scheme)
+
+    @property
+    def scheme(self) -> QuantScheme:
+        """The scheme for a CPU model (see ``scheme_on``)."""
+        return self.scheme_on("cpu")
+
+    def scheme_on(self, device_type: str) -> QuantScheme:
+        """The scheme the kernels of ``device_type`` ("cpu", "cuda", ...) want.
+
+        int8_dynamic on the CPU keeps weight codes within +-64 so fbgemm can quantize activations to 8
+        bits, not 7 (SmolLM2, cpu-small: +7.0% -> +3.2% perplexity over fp32; BENCHMARKS section 5).
+        CUDA's ``torch._int_mm`` accumulates in int32 without pair sums, so there the full +-127 grid
+        keeps the extra bit. A CUDA-quantized model moved to the CPU stays correct: fbgemm then sees
+        codes beyond 64 and falls back to 7-bit activations (``QuantLinear`` checks the codes).
+        """
+        radius = FBGEMM_SAFE_RADIUS if self.method == "int8_dynamic" and device_type != "cuda" else None
+        return QuantScheme(self.bits, self.group_size, self.symmetric, radius)
+
+    @property
+    def uses_gptq(self) -> bool:
+        return self.method == "gptq" or (self.method == "int8_dynamic" and self.rounding == "gptq")
+
+    @property
+    def smooth_alpha(self) -> float:
+        """SmoothQuant strength this spec asks for (0: none)."""
+        if self.method != "int8_dynamic":
+            return 0.0
+        return SMOOTH_DEFAULT_ALPHA if self.smooth is None else float(self.smooth)
+
+    @property
+    def uses_calibration(self) -> bool:
+        return self.uses_gptq or self.smooth_alpha > 0
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the step reads calibration text (GPTQ's Hessians, SmoothQuant's activation ranges)."""
+        return self.uses_calibration
+
+    @property
+    def label(self) -> str:
+        """Short description for charts and tables, e.g. 'gptq w4 g64 asym' or 'int8 dynamic'."""
+        if self.method in CAST_METHODS:
+            return self.method
+        if self.method == "int8_dynamic":
+            return "int8 dynamic (w8a8 per-token)" + (" gptq" if self.rounding == "gptq" else "")
+        group = f"g{self.group_size}" if self.group_size else "per-channel"
+        mixed = f" +{len(self.overrides)} overrides" if self.overrides else ""
+        return f"{self.method} w{self.bits} {group} {'sym' if self.symmetric else 'asym'}{mixed}"
+
+    def scheme_for(self, name: str, device_type: str = "cpu") -> QuantScheme | None:
+        """The scheme of layer ``name`` on a ``device_type`` model (None: left as it is)."""
+        base = self.scheme_on(device_type)
+        for override in self.overrides:
+            if fnmatch.fnmatch(name, override.pattern):
+                return None if override.skip else override.scheme(base)
+        return base
+
+    def as_dict(self) -> dict:
+        values = asdict(self)
+        values["include"], values["exclude"] = list(self.include), list(self.exclude)
+        values["overrides"] = [{k: v for k, v in asdict(o).items() if v is not None and v is not False}
+                               for o in self.overrides]
+        return values
+
+    @classmethod
+    def from_dict(cls, params: Mapping) -> QuantizeSpec:
+        """Build from a recipe's ``quantize:`` mapping, e.g. ``{method: gptq, bits: 4, group_size: 64}``."""
+        values = checked_params(cls, params, "quantize")
+        values["overrides"] = tuple(values.get("overrides") or ())
+        return cls(**values)

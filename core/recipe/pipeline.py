@@ -1,0 +1,129 @@
+"""Recipe -> copy of the base model -> steps -> evaluation -> (export) -> result row.
+
+The base model is never mutated: steps work on ``clone(base)``. A run is recorded in the store
+before any work starts, so a crash leaves a failed row, never a missing one. With an ``export:``
+section the compressed model is written (``core.export``), reloaded and checked, and the row's
+``size_bytes`` is the artifact's size on disk.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core import data
+from core.evaluate.measurement import Measurement, kernel_label, measure
+from core.export.export import export_model
+from core.export.files import check_target
+from core.export.spec import ExportResult, ExportSpec
+from core.models.device import pick_device, pick_dtype
+from core.models.loading import clone, load
+from core.models.source import LoadedModel, resolve
+from core.progress import CancelFn, ProgressFn, report
+from core.quantize.qlinear import QuantLinear
+from core.recipe.recipe import Recipe
+from core.store import ResultRow, ResultStore
+from core.technique import StepContext
+
+
+def step_context(recipe: Recipe, loaded: LoadedModel, on_progress: ProgressFn | None,
+                 cancel: CancelFn | None) -> StepContext:
+    """Calibration settings for the recipe's steps; windows never exceed the model's context."""
+    calibration = recipe.calibration
+    seqlen = min(calibration.seqlen, loaded.context_length)
+    context = StepContext(
+        tokenizer=loaded.tokenizer, default_text=loaded.source.default_calibration_text,
+        calibration_text=calibration.text,
+        samples=calibration.samples, seqlen=seqlen, seed=calibration.seed, on_progress=on_progress, cancel=cancel,
+    )
+    if seqlen < calibration.seqlen:
+        context.notes.append(f"calibration seqlen {calibration.seqlen} cut to the model's context, {seqlen}")
+    return context
+
+
+def apply_steps(recipe: Recipe, model: torch.nn.Module, context: StepContext) -> tuple[torch.nn.Module, list[dict]]:
+    """Apply the recipe's steps to ``model`` (the run's own copy) in order: (the final model, each step's report)."""
+    reports = []
+    for step in recipe.steps:
+        reports.append(step.parsed.apply(model, context))
+        model = context.take_model(model)  # a distill step may hand over another (student) model
+    return model, reports
+
+
+def run(
+    recipe: Recipe,
+    store: ResultStore,
+    base: LoadedModel | None = None,
+    on_progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> ResultRow:
+    """Run a recipe end to end, record it in ``store`` and return its result row.
+
+    ``base`` lets a caller that already holds the loaded model (the app's cache) skip loading; it is
+    never modified: steps run on a deep copy, and a distill step uses it as its (frozen) teacher.
+    ``on_step`` receives every training step's record (loss terms, learning rate, perplexity) live.
+    """
+    # What can be checked without loading fails before any row is written.
+    resolve(recipe.model)
+    pick_dtype(pick_device(recipe.device), recipe.dtype)
+    data.check_source(recipe.evaluation.text)
+    data.check_source(recipe.calibration.text)
+    export_spec = ExportSpec.from_dict(recipe.export) if recipe.export else None
+    if export_spec is not None and export_spec.path:
+        check_target(Path(export_spec.path), export_spec.overwrite)
+    started = time.perf_counter()
+    with store.run(recipe.model, recipe.to_yaml(), device=recipe.device) as run_id:
+        report(on_progress, "load", 0.0)
+        loaded = base or load(recipe.model, device=recipe.device, dtype=recipe.dtype)
+        model = clone(loaded.model) if recipe.steps else loaded.model
+        context = step_context(recipe, loaded, on_progress, cancel)
+        context.teacher, context.on_step = loaded.model, on_step
+        model, reports = apply_steps(recipe, model, context)
+        reference = loaded.model if recipe.steps and recipe.evaluation.compare_to_base else None
+        measured = measure(model, loaded, recipe.evaluation, base=reference, on_progress=on_progress, cancel=cancel)
+        base_perplexity = measured.quality.perplexity if not recipe.steps else measured.quality.base_perplexity
+        fields = {"base_perplexity": base_perplexity, "kernel": kernel_label(model, measured.size),
+                  "device": str(loaded.device), **measured.row_fields()}
+        details = {**measured.details(), "dtype": str(loaded.dtype).replace("torch.", ""), "steps": reports,
+                   "notes": context.notes, "method": " + ".join(r["label"] for r in reports) or "base"}
+        if export_spec is not None:
+            exported = export_step(model, loaded, recipe, export_spec, measured, store, run_id,
+                                   {**fields, "details": details}, on_progress, cancel)
+            # the row's size is the artifact on disk (DESIGN.md); what the weights took in memory stays in details
+            details.update(export=exported.as_dict(), size_in_memory_bytes=measured.size.size_bytes)
+            fields.update(size_bytes=exported.size_bytes,
+                          bits_per_weight=8 * exported.size_bytes / measured.size.params if measured.size.params
+                          else None)
+        return store.finish(run_id, wall_s=time.perf_counter() - started, details=details, **fields)
+
+
+def artifact_name(model_ref: str, spec: ExportSpec) -> str:
+    """The export folder's name in the store, e.g. 'sample-teacher-gguf' (also the zip's name)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_ref.rstrip("/")).name or model_ref).strip("-.")[:60]
+    return f"{slug or 'model'}-{spec.format}"
+
+
+def export_step(model: torch.nn.Module, loaded: LoadedModel, recipe: Recipe, spec: ExportSpec,
+                measured: Measurement, store: ResultStore, run_id: str, metrics: dict[str, Any],
+                on_progress: ProgressFn | None, cancel: CancelFn | None) -> ExportResult:
+    """Export the run's model to ``spec.path``, or (no path) into the run's artifact folder in the store."""
+    if model is loaded.model and any(isinstance(m, QuantLinear) for m in model.modules()):
+        model = clone(model)  # the check switches kernels for a moment: never on a shared (cached) model
+    kwargs = {"recipe": recipe.to_dict(), "metrics": metrics, "on_progress": on_progress, "cancel": cancel,
+              "check_text": loaded.tokenizer.decode(measured.windows[0]),
+              "perplexity_before": measured.quality.perplexity}
+    if spec.path:
+        return export_model(model, loaded.tokenizer, spec, measured.windows, **kwargs)
+    name = artifact_name(recipe.model, spec)
+    with store.write_artifact(run_id) as scratch:
+        result = export_model(model, loaded.tokenizer, spec, measured.windows, out=scratch / name, **kwargs)
+    final = store.artifact_dir(run_id) / name
+    result.path = str(final)
+    result.zip_path = str(final.with_name(name + ".zip")) if result.zip_path else None
+    return result
