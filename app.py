@@ -6,14 +6,13 @@ Run with ``squeezelab app`` or ``streamlit run app.py --server.address 127.0.0.1
 import streamlit as st
 
 from ui import sidebar
+from ui.navigation import technique_pages
 
 st.set_page_config(page_title="SqueezeLab", layout="wide")
 
 PAGES = [
     st.Page("pages/model.py", title="Model", icon=":material/memory:", default=True),
-    st.Page("pages/prune.py", title="Prune", icon=":material/content_cut:"),
-    st.Page("pages/quantize.py", title="Quantize", icon=":material/compress:"),
-    st.Page("pages/distill.py", title="Distill", icon=":material/school:"),
+    *technique_pages(),  # a page per technique in core's step table: Prune, Quantize, Distill
     st.Page("pages/tradeoffs.py", title="Trade-offs", icon=":material/scatter_plot:"),
     st.Page("pages/export.py", title="Export", icon=":material/download:"),
 ]

@@ -8,7 +8,7 @@ On a small shared machine the speed of one process drifts by 10-20% from minute 
 a batch-1 int8 decode (hundreds of short kernel calls per token) drifts more than fp32 (a few
 long, bandwidth-bound ones). Timing each job in its own process minutes apart (what
 ``bench/quant_bench.py`` does) therefore mixes machine drift into "x fp32". Here every model is
-built the way a recipe builds it (``core.steps`` with the recipe's calibration), scored on the
+built the way a recipe builds it (each step's ``apply``, with the recipe's calibration), scored on the
 evaluation windows, and then all of them are timed in turns, round after round, so each round's
 ratio compares runs taken seconds apart. Each timing is ``core.evaluate.measure_latency`` (batch 1,
 128-token prompt, 64 new tokens, a warm-up, the median of 5 runs, 2 threads); the table gives the

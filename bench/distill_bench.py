@@ -8,7 +8,7 @@ layer-dropped SmolLM2-135M. Prints one markdown table per part (1 thread by defa
 samples / recovery: protocol samples (evaluation on every held-out window of 256 tokens), training on
 the samples' training text, seed 0. Recovery holds the compression while training: pruned zeros stay
 zero; quantized weights train as fp32 latent weights seen through their fixed 3-bit grid with
-straight-through gradients and are re-packed (QuantLinear) at the end (``core.distill_qat``).
+straight-through gradients and are re-packed (QuantLinear) at the end (``core.distill.qat``).
 smollm2: protocol cpu-small (training on WikiText-2 valid tokens, evaluation on WikiText-2 raw test,
 seqlen 512, the first 64 windows unless ``--windows`` says fewer). Every run starts from the same
 weights, draws the same batches (seed 0) and ends with its last weights (``keep_best: false``), so
@@ -97,7 +97,7 @@ def samples_part(args: argparse.Namespace) -> None:
 def recovery_part(args: argparse.Namespace) -> None:
     """The sample teacher compressed (50% magnitude; 3-bit RTN), then trained with KD (teacher: the dense
     model) or with CE alone, the compression held: zeros fixed, or quantized weights trained through
-    their fixed grid with straight-through gradients and re-packed at the end (``core.distill_qat``).
+    their fixed grid with straight-through gradients and re-packed at the end (``core.distill.qat``).
     A control row trains the dense model itself with the same recipe, to show what the training alone
     does to an uncompressed model."""
     teacher = models.load("sample:teacher", device="cpu")

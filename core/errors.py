@@ -40,8 +40,8 @@ class TextSourceError(SqueezeLabError):
     """A text source is missing, unreadable, in an unknown format or too short."""
 
 
-class SpecError(SqueezeLabError):
-    """A spec or recipe has a value outside what is allowed."""
+class SpecError(SqueezeLabError, ValueError):
+    """A spec or recipe has a value outside what is allowed (also a ``ValueError``, which it is)."""
 
 
 class CancelledError(SqueezeLabError):

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 import pandas as pd
 
+from core.checks import check_keys
 from core.errors import CancelledError, SqueezeLabError
 
 RESULT_FIELDS: tuple[str, ...] = (
@@ -98,10 +99,7 @@ class ResultRow:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResultRow:
         """Inverse of `to_dict`; `details` may be a dict or its JSON text."""
-        unknown = sorted(set(data) - set(RESULT_FIELDS + EXTRA_FIELDS))
-        if unknown:
-            raise ValueError(f"Unknown result field(s) {unknown}; known: "
-                             f"{', '.join(RESULT_FIELDS + EXTRA_FIELDS)}")
+        check_keys(data, RESULT_FIELDS + EXTRA_FIELDS, "result field")
         details = data.get("details") or {}
         details = json.loads(details) if isinstance(details, str) else dict(details)
         return cls(**{**data, "details": details})
@@ -188,10 +186,7 @@ class ResultStore:
             raise ValueError(f"finish() takes status 'ok' or 'cancelled', not {status!r}; "
                              "use fail() for a failed run")
         extra = metrics.pop("details", None) or {}
-        unknown = sorted(set(metrics) - set(METRIC_FIELDS))
-        if unknown:
-            raise ValueError(f"Unknown metric(s) {', '.join(unknown)} passed to finish(); "
-                             f"known metrics: {', '.join(METRIC_FIELDS)}")
+        check_keys(metrics, METRIC_FIELDS, "metric", "finish()")
         values = {k: _coerce(k, v) for k, v in metrics.items()}
         with self._write() as conn:
             details = {**self._get(conn, run_id).details, **extra}

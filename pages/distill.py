@@ -3,8 +3,7 @@
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.distill import evenly_spaced_layers
-from core.recipe import Recipe, Step
+from core import Recipe, Step, evenly_spaced_layers
 from ui import cache, jobs, modelinfo, navigation, sources, state
 from ui.errors import shown
 

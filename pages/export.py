@@ -11,10 +11,7 @@ from pathlib import Path
 import streamlit as st
 import yaml
 
-from core.export import FORMATS, ExportSpec
-from core.export.spec import GGUF_TYPES
-from core.recipe import Recipe
-from core.store import ResultRow
+from core import FORMATS, GGUF_TYPES, ExportSpec, Recipe, ResultRow
 from ui import cache, jobs, navigation, state
 from ui.errors import shown
 
@@ -44,7 +41,7 @@ def label(row: ResultRow) -> str:
 @st.cache_data(show_spinner="Checking which formats this model can be written in...", max_entries=8)
 def format_reasons(ref: str, device: str, dtype: str) -> dict[str, str | None]:
     """None per format the model's architecture and tokenizer can be written in, else the reason."""
-    from core.export import writable_formats
+    from core import writable_formats
 
     loaded = cache.load_base(ref, device, dtype)
     return writable_formats(loaded.model, loaded.tokenizer)

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from core.recipe import Recipe
+from core import Recipe
 from ui import cache, charts, jobs, modelinfo, navigation, state
 from ui.errors import shown
 

@@ -2,8 +2,7 @@
 
 import streamlit as st
 
-from core.errors import SpecError
-from core.prune.structured import StructuredSpec, params_removed, removal_count
+from core import SpecError, StructuredSpec, params_removed, removal_count
 from ui import cache, charts, forms, modelinfo, navigation, state
 
 navigation.inside_app()

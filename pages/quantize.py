@@ -3,8 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from core.layers import block_linear_layers, weight_matrix
-from core.quantize import GROUP_SIZES, QuantScheme, plan_layers
+from core import GROUP_SIZES, QuantScheme, block_linear_layers, plan_layers, weight_matrix
 from ui import cache, forms, navigation, state
 
 navigation.inside_app()

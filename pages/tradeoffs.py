@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from core.store import ResultRow
+from core import ResultRow
 from ui import cache, navigation, results
 from ui.errors import shown
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.calibration import HessianAccumulator, reconstruction_error, sequential_walk
+from core.calibration import HessianAccumulator, reconstruction_error
+from core.calibration.walk import sequential_walk
 from core.errors import CancelledError, SpecError
 from core.layers import block_linear_layers, decoder_blocks, linear_layers, weight_matrix
 from core.prune import (

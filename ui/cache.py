@@ -13,9 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import models
-from core.evaluate import EvalSpec, measure, measure_size
-from core.prune.preview import ThresholdPreview
+from core import EvalSpec, ThresholdPreview, measure, measure_size, models
 from core.store import ResultStore, default_results_dir
 from ui import charts, modelinfo
 from ui.errors import shown

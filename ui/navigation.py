@@ -14,7 +14,19 @@ from pathlib import Path
 
 import streamlit as st
 
+from core import STEP_KINDS
+
 APP = Path(__file__).resolve().parent.parent / "app.py"
+PAGES_DIR = APP.parent / "pages"
+# icons of the technique pages; a technique added to core.recipe.steps.STEPS with a page gets the default
+TECHNIQUE_ICONS = {"prune": ":material/content_cut:", "quantize": ":material/compress:", "distill": ":material/school:"}
+DEFAULT_ICON = ":material/tune:"
+
+
+def technique_pages() -> list:
+    """One page per step kind of the recipe format that has a ``pages/<kind>.py``, in the table's order."""
+    return [st.Page(f"pages/{kind}.py", title=kind.capitalize(), icon=TECHNIQUE_ICONS.get(kind, DEFAULT_ICON))
+            for kind in STEP_KINDS if (PAGES_DIR / f"{kind}.py").is_file()]
 
 
 def _legacy_mode() -> bool:

@@ -6,7 +6,9 @@
 * ``walk``    - the block-by-block walk with calibration data flowing through already-compressed blocks.
 * ``observe`` - whole-model forward passes whose hooks reduce what chosen modules see to statistics.
 
-This package is the only place in ``core`` that registers forward hooks.
+This package is the only place in ``core`` that registers forward hooks. Its own namespace offers the
+pure parts only, so importing the algebra never brings in a hook: import the walk from
+``core.calibration.walk`` and the observers from ``core.calibration.observe``.
 """
 
 from core.calibration.hessian import (
@@ -17,14 +19,6 @@ from core.calibration.hessian import (
     reconstruction_error,
 )
 from core.calibration.spec import CalibrationSpec
-from core.calibration.walk import (
-    BlockInput,
-    capture_block_inputs,
-    check_calibration,
-    collect_statistics,
-    sequential_walk,
-)
 
-__all__ = ["BlockInput", "CalibrationSpec", "HessianAccumulator", "capture_block_inputs", "check_calibration",
-           "collect_statistics", "drop_dead_inputs_", "inverse_hessian_factor", "obs_column_sweep",
-           "reconstruction_error", "sequential_walk"]
+__all__ = ["CalibrationSpec", "HessianAccumulator", "drop_dead_inputs_", "inverse_hessian_factor", "obs_column_sweep",
+           "reconstruction_error"]

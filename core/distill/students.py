@@ -50,7 +50,7 @@ def kept_layers(spec: DistillSpec, total: int) -> tuple[int, ...]:
 def build_student_(model: nn.Module, spec: DistillSpec) -> tuple[nn.Module, str]:
     """(student, description) for the built-in kinds, made from ``model`` IN PLACE (the pipeline's copy).
 
-    ``layer_drop`` and ``width`` reuse ``core.structured``: the config is updated and the student
+    ``layer_drop`` and ``width`` reuse ``core.prune.structured``: the config is updated and the student
     starts from the kept weights. Model-reference students are loaded by ``load_student``.
     """
     if spec.student == "self":

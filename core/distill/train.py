@@ -1,7 +1,7 @@
 """The distillation training loop: AdamW, warm-up + cosine, accumulation, clipping, best checkpoint.
 
 ``distill_`` trains a student in place against a frozen teacher. A quantized student trains through
-its own grid and is re-packed at the end (``core.distill_qat``). Before the first step, every
+its own grid and is re-packed at the end (``core.distill.qat``). Before the first step, every
 ``eval_every`` steps and at the end it measures held-out perplexity and keeps a copy of the best
 weights, which are restored when training ends: completed, cancelled (``cancel()`` is asked before
 every step) or out of its wall-time budget. Each step leaves a record (loss terms, learning rate,

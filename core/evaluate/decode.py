@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-STATIC_LOOP = "static KV cache, direct layer calls (core.decode)"
+STATIC_LOOP = "static KV cache, direct layer calls (core.evaluate.decode)"
 TRANSFORMERS_LOOP = "transformers forward + DynamicCache"
 
 # Families whose decoder layer is: x + attn(norm(x)) with rotary q/k, then x + mlp(norm(x)).
@@ -91,7 +91,7 @@ def _stacked_matmul(modules: list[nn.Module], row_factors: list[float]) -> Fn | 
             bias = torch.cat([m.bias.detach() * f if m.bias is not None else weight.new_zeros(m.out_features)
                               for m, f in zip(modules, row_factors, strict=True)])
         return lambda x: F.linear(x, weight, bias)
-    # QuantLinear offers its own stacking (looked up on the class: core.qlinear imports this module's users)
+    # QuantLinear offers its own stacking (looked up on the class: core.quantize.qlinear imports this module's users)
     stack = getattr(type(modules[0]), "stacked_matmul", None)
     return stack(modules, row_factors) if stack is not None else None
 

@@ -63,7 +63,7 @@ def _decode_steps(step, prompt: torch.Tensor, new_tokens: int) -> tuple[float, f
 def _time_generation(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     """One run: seconds for the prefill, seconds for ``new_tokens`` greedy decode steps.
 
-    Llama-style models run the static-cache loop of ``core.decode`` (same logits, without the
+    Llama-style models run the static-cache loop of ``core.evaluate.decode`` (same logits, without the
     per-step Python of the generic forward); others transformers' forward with its KV cache.
     """
     if unsupported_reason(model) is None:

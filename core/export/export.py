@@ -4,15 +4,15 @@ Formats (``ExportSpec.format``):
 
 * ``hf``                 - a transformers folder (safetensors, tokenizer, generation config). Dense models load
                            with ``AutoModelForCausalLM.from_pretrained``; quantized or sparse ones keep SqueezeLab's
-                           stored form and load with ``load_exported`` (``core.export_hf``).
-* ``compressed-tensors`` - llm-compressor's format, loaded by transformers and vLLM (``core.export_ct``).
-* ``gguf``               - one ``.gguf`` file for llama.cpp / ollama, Llama-family models (``core.export_gguf``).
+                           stored form (``core.export.hf``) and load with ``core.models.exported.load_exported``.
+* ``compressed-tensors`` - llm-compressor's format, loaded by transformers and vLLM (``core.export.ct``).
+* ``gguf``               - one ``.gguf`` file for llama.cpp / ollama, Llama-family models (``core.export.gguf``).
 
 Every export is written into a hidden scratch folder beside the target, reloaded from there the way a user
 would load it, re-evaluated on a few windows and compared with the model in memory; only then is it renamed
 into place (and zipped, when asked). A failure or a cancel removes the scratch folder and any partial zip;
 scratch left by a killed process is removed by the next export into the same folder (``remove_abandoned``).
-Besides the weights, the folder holds ``squeezelab.json`` and a model card ``README.md`` (``core.export_card``).
+Besides the weights, the folder holds ``squeezelab.json`` and a model card ``README.md`` (``core.export.card``).
 """
 
 from __future__ import annotations
@@ -114,13 +114,7 @@ def export_model(
     Raises SpecError (the model cannot be written in this format) or ExportError (the path) with nothing
     left behind; the model is not changed.
     """
-    target = Path(out if out is not None else spec.path or "").expanduser()
-    require(str(target) not in ("", "."), "an export needs a path: `export: {format: hf, path: out/model}`")
-    precheck(model, tokenizer, spec)
-    check_target(target, spec.overwrite)
-    needed = int(measure_size(model).size_bytes * (2.1 if spec.zip else 1.1)) + 20_000_000
-    check_free_space(target, needed)
-    remove_abandoned(target.parent)
+    target, needed = _checked_target(model, tokenizer, spec, out)
     scratch, zip_scratch = scratch_path(target), scratch_path(target, ".zip")
     zip_path = target.with_name(target.name + ".zip") if spec.zip else None
     placed = False
@@ -146,6 +140,18 @@ def export_model(
     except BaseException:
         _clean(scratch, zip_scratch, target if placed else None)
         raise
+
+
+def _checked_target(model: nn.Module, tokenizer, spec: ExportSpec, out: str | Path | None) -> tuple[Path, int]:
+    """(the folder to create, the bytes it may need) after every check that can fail before writing."""
+    target = Path(out if out is not None else spec.path or "").expanduser()
+    require(str(target) not in ("", "."), "an export needs a path: `export: {format: hf, path: out/model}`")
+    precheck(model, tokenizer, spec)
+    check_target(target, spec.overwrite)
+    needed = int(measure_size(model).size_bytes * (2.1 if spec.zip else 1.1)) + 20_000_000
+    check_free_space(target, needed)
+    remove_abandoned(target.parent)
+    return target, needed
 
 
 def _write_and_check(model: nn.Module, tokenizer, spec: ExportSpec, windows: torch.Tensor, scratch: Path,

@@ -15,8 +15,8 @@ A quantized or sparse one keeps SqueezeLab's stored form as it is, and says so i
 
 The weights of such a folder are in ``squeezelab.safetensors``, not ``model.safetensors``: transformers
 skips a quant_method it does not know (with a warning) and would load random weights in place of the
-packed ones; without ``model.safetensors`` it refuses instead. ``load_hf`` (``core.export.load_exported``,
-or ``core.models.load`` with the folder as model reference) rebuilds the modules and loads it.
+packed ones; without ``model.safetensors`` it refuses instead. ``core.models.exported.load_hf``
+(through ``load_exported``, or ``core.models.load`` with the folder as model reference) rebuilds the modules.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ class QuantScheme:
     symmetric: bool = True
     # symmetric only: keep codes within zero +- code_radius (None: the full signed range). The stored
     # form is unchanged (still ``bits`` per code); a narrower grid is what a kernel may need, e.g.
-    # int8_dynamic on fbgemm (see core.qlinear.FBGEMM_SAFE_RADIUS).
+    # int8_dynamic on fbgemm (see core.quantize.kernels.FBGEMM_SAFE_RADIUS).
     code_radius: int | None = None
 
     def __post_init__(self) -> None:
