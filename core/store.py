@@ -29,16 +29,18 @@ from core.errors import CancelledError, SqueezeLabError
 
 RESULT_FIELDS: tuple[str, ...] = (
     "id", "created", "model", "recipe", "perplexity", "base_perplexity", "top1_acc",
-    "top1_agreement", "kl_to_base", "params", "nonzero_params", "size_bytes", "bits_per_weight",
-    "prefill_ms", "decode_tok_s", "peak_mem_bytes", "kernel", "device", "wall_s", "status",
+    "top1_agreement", "kl_to_base", "params", "nonzero_params", "perplexity_ci_low", "perplexity_ci_high",
+    "size_bytes", "bits_per_weight", "prefill_ms", "decode_tok_s", "peak_mem_bytes", "kernel", "device", "wall_s",
+    "status",
 )
-EXTRA_FIELDS: tuple[str, ...] = ("error", "details", "pid", "artifact_path")
+# sweep: the name of the sweep a trial belongs to; sweep_params: its parameters (JSON, dotted recipe paths)
+EXTRA_FIELDS: tuple[str, ...] = ("error", "details", "pid", "artifact_path", "sweep", "sweep_params")
 STATUSES: tuple[str, ...] = ("running", "ok", "failed", "cancelled")
 INTERRUPTED = "interrupted: the process that ran it stopped before it finished"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: perplexity_ci_low / perplexity_ci_high, sweep / sweep_params
 
-_FLOATS = ("perplexity", "base_perplexity", "top1_acc", "top1_agreement", "kl_to_base",
-           "bits_per_weight", "prefill_ms", "decode_tok_s", "wall_s")
+_FLOATS = ("perplexity", "base_perplexity", "top1_acc", "top1_agreement", "kl_to_base", "perplexity_ci_low",
+           "perplexity_ci_high", "bits_per_weight", "prefill_ms", "decode_tok_s", "wall_s")
 _INTS = ("params", "nonzero_params", "size_bytes", "peak_mem_bytes", "pid")
 # What `finish(**metrics)` may set; id, created, model, recipe and pid belong to `start`.
 METRIC_FIELDS: tuple[str, ...] = (*_FLOATS, "params", "nonzero_params", "size_bytes",
@@ -73,6 +75,8 @@ class ResultRow:
     kl_to_base: float | None = None
     params: int | None = None
     nonzero_params: int | None = None
+    perplexity_ci_low: float | None = None  # 95% interval of the perplexity, from the per-window losses
+    perplexity_ci_high: float | None = None
     size_bytes: int | None = None  # bytes of the artifact on disk, not of tensors in memory
     bits_per_weight: float | None = None
     prefill_ms: float | None = None
@@ -86,6 +90,8 @@ class ResultRow:
     details: dict[str, Any] = field(default_factory=dict)  # seqlen, windows, dtype, threads, ...
     pid: int | None = None  # the process that started the run
     artifact_path: str | None = None
+    sweep: str | None = None  # the sweep this run is a trial of (None: a run of its own)
+    sweep_params: str | None = None  # JSON of the trial's parameters, e.g. {"steps.0.quantize.bits": 4}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict; NaN/inf become None because strict JSON has no such numbers."""
@@ -153,6 +159,10 @@ class ResultStore:
                     f"reads ({SCHEMA_VERSION}); upgrade SqueezeLab or point "
                     "SQUEEZELAB_RESULTS_DIR at another folder.")
             conn.execute(f"CREATE TABLE IF NOT EXISTS results ({cols}, PRIMARY KEY (id))")
+            present = {r["name"] for r in conn.execute("PRAGMA table_info(results)")}
+            for name in RESULT_FIELDS + EXTRA_FIELDS:  # an older schema gains the new columns, empty
+                if name not in present:
+                    conn.execute(f"ALTER TABLE results ADD COLUMN {name} {types.get(name, 'TEXT')}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def start(self, model: str, recipe: str, device: str | None = None,

@@ -41,8 +41,8 @@ def _run_python(root: Path, code: str) -> subprocess.CompletedProcess[str]:
 def test_result_fields_are_the_shared_contract() -> None:
     assert RESULT_FIELDS == (
         "id", "created", "model", "recipe", "perplexity", "base_perplexity", "top1_acc",
-        "top1_agreement", "kl_to_base", "params", "nonzero_params", "size_bytes",
-        "bits_per_weight", "prefill_ms", "decode_tok_s", "peak_mem_bytes", "kernel", "device",
+        "top1_agreement", "kl_to_base", "params", "nonzero_params", "perplexity_ci_low",
+        "perplexity_ci_high", "size_bytes", "bits_per_weight", "prefill_ms", "decode_tok_s", "peak_mem_bytes", "kernel", "device",
         "wall_s", "status",
     )
 
@@ -267,3 +267,17 @@ def test_startup_restores_an_artifact_a_crash_left_aside(tmp_path: Path) -> None
     ResultStore(tmp_path)
     assert (artifacts / "20240101-000000-abcdef" / "x").read_text() == "kept"
     assert [p.name for p in artifacts.iterdir()] == ["20240101-000000-abcdef"]
+
+
+def test_a_version_1_database_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Results written before the interval and sweep columns existed stay readable, with those fields empty."""
+    import sqlite3
+
+    old = ("id", "created", "model", "recipe", "perplexity", "status", "error", "details", "pid", "artifact_path")
+    with sqlite3.connect(tmp_path / "results.db") as conn:
+        conn.execute(f"CREATE TABLE results ({', '.join(old)}, PRIMARY KEY (id))")
+        conn.execute("INSERT INTO results (id, created, model, recipe, perplexity, status, details) "
+                     "VALUES ('r1', '2026-01-01T00:00:00', 'm', 'model: m', 3.5, 'ok', '{}')")
+        conn.execute("PRAGMA user_version = 1")
+    row = ResultStore(tmp_path).get("r1")
+    assert row.perplexity == 3.5 and row.perplexity_ci_low is None and row.sweep is None
