@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_export_parser(commands)
 
+    from core.cli.plan import add_plan_parser  # here: the plan module imports this one's constants
+
+    add_plan_parser(commands)
+
     hist = commands.add_parser("history", help="list stored results")
     hist.add_argument("--csv", action="store_true", help="print CSV with the result-row columns")
     hist.add_argument("--results-dir", type=Path, default=None)

@@ -26,6 +26,7 @@ from core.models.loading import clone, load
 from core.models.source import LoadedModel, resolve
 from core.progress import CancelFn, ProgressFn, report
 from core.quantize.qlinear import QuantLinear
+from core.recipe.budget import needs_planning, resolve_budgets
 from core.recipe.recipe import Recipe
 from core.store import ResultRow, ResultStore
 from core.technique import StepContext
@@ -78,6 +79,9 @@ def run(
     if export_spec is not None and export_spec.path:
         check_target(Path(export_spec.path), export_spec.overwrite)
     started = time.perf_counter()
+    if needs_planning(recipe):  # the row records the planned recipe, which reruns without planning
+        base = base or load(recipe.model, device=recipe.device, dtype=recipe.dtype)
+        recipe = resolve_budgets(recipe, base, step_context(recipe, base, on_progress, cancel), store.root)
     with store.run(recipe.model, recipe.to_yaml(), device=recipe.device) as run_id:
         report(on_progress, "load", 0.0)
         loaded = base or load(recipe.model, device=recipe.device, dtype=recipe.dtype)

@@ -1,0 +1,271 @@
+"""Planning on SmolLM2-135M, protocol cpu-small: the atlas, planned bits against uniform widths and naive
+mixes, predicted against measured perplexity, AWQ against RTN / GPTQ / llm-compressor, OWL against uniform.
+
+    python bench/plan_bench.py                                  # every job below, then the tables
+    python bench/plan_bench.py --jobs atlas-rtn-measured rtn-plan-3.5 rtn-attn-34 --tables
+
+Protocol cpu-small as in ``bench/common.py`` (calibration 64 x 512 WikiText-2 valid, seed 0; evaluation
+WikiText-2 test, seqlen 512, first 64 windows; 2 threads; each job in its own process). Quantization is
+symmetric with groups of 64 and ``kernel: dequant`` (perplexity of exactly the stored codes; in-memory
+bytes = the stored form), block linears only (the tied embedding stays fp32).
+
+* ``atlas-<method>-<mode>``: the atlas of menu {2, 3, 4} bits g64, measured (KL and delta NLL on
+  ``--heldout`` held-out calibration windows, one layer changed at a time) or proxy; measured atlases are
+  cached in ``--cache`` and planned jobs read them.
+* ``<method>-w<bits>``: uniform; ``<method>-ends-<lo><hi>``: the first and last 4 blocks at ``hi`` bits, the rest
+  at ``lo``; ``<method>-attn-<lo><hi>``: attention at ``hi``, MLP at ``lo``; ``<method>-plan-<avg>``: planned at
+  ``avg`` stored bits per weight from options {lo, hi} (``{3, 4}`` from 3.25 up, else ``{2, 3}``).
+* ``awq-w4`` / ``awq-gptq-w4``: AWQ then RTN / GPTQ; ``llmc-awq-w4``: llm-compressor's AWQModifier + RTN.
+* ``<wanda|sparsegpt>-<s>`` and ``-owl-<s>``: uniform and OWL (lambda 0.08, m 5); ``llmc-sparsegpt-owl-<s>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import in_child, load_rows, peer_row, protocol_line, recipe_for, step_wall_s  # noqa: E402
+
+GROUP = 64
+MENU_BITS = (2, 3, 4)
+OWL = {"lambda": 0.08, "m": 5}
+PLAN_BUDGETS = {"rtn": (2.5, 3.3, 3.4, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0), "gptq": (2.5, 3.5)}
+ENDS = 4  # blocks at each end of the "first and last blocks" mix
+SPARSITIES = (50, 60, 70)
+
+
+def quant(method: str, bits: int, **extra) -> dict:
+    return {"method": method, "bits": bits, "group_size": GROUP, "kernel": "dequant", **extra}
+
+
+def mixes(method: str, lo: int, hi: int, blocks: int) -> dict[str, dict]:
+    ends = [f"model.layers.{i}.*" for i in (*range(ENDS), *range(blocks - ENDS, blocks))]
+    return {f"{method}-ends-{lo}{hi}": quant(method, lo, overrides=[{"pattern": p, "bits": hi} for p in ends]),
+            f"{method}-attn-{lo}{hi}": quant(method, lo, overrides=[{"pattern": "*.self_attn.*", "bits": hi}])}
+
+
+def fixed_jobs(blocks: int = 30) -> dict[str, dict | None]:
+    """Every job whose step does not depend on an atlas: name -> quantize/prune step (None: the fp32 model)."""
+    jobs: dict[str, dict | None] = {"fp32": None}
+    for method in ("rtn", "gptq"):
+        jobs.update({f"{method}-w{b}": {"quantize": quant(method, b)} for b in MENU_BITS})
+        for lo, hi in ((3, 4), (2, 3)):
+            jobs.update({name: {"quantize": step} for name, step in mixes(method, lo, hi, blocks).items()})
+    jobs["awq-w4"] = {"quantize": quant("awq", 4)}
+    jobs["awq-gptq-w4"] = {"quantize": quant("awq", 4, rounding="gptq")}
+    for method in ("wanda", "sparsegpt"):
+        for s in SPARSITIES:
+            jobs[f"{method}-{s}"] = {"prune": {"method": method, "sparsity": s / 100}}
+            jobs[f"{method}-owl-{s}"] = {"prune": {"method": method, "sparsity": s / 100, "owl": dict(OWL)}}
+    return jobs
+
+
+PEER_JOBS = {"llmc-awq-w4": {"kind": "awq", "bits": 4, "group_size": GROUP, "symmetric": True},
+             **{f"llmc-sparsegpt-owl-{s}": {"kind": "sparsegpt", "sparsity": s / 100, "owl": dict(OWL)}
+                for s in SPARSITIES}}
+ATLAS_JOBS = [f"atlas-{m}-{mode}" for m in ("rtn", "gptq") for mode in ("measured", "proxy")]
+PLAN_JOBS = [f"{m}-plan-{b}" for m, budgets in PLAN_BUDGETS.items() for b in budgets]
+
+
+# ---- atlases (in a child process) ----
+
+
+def atlas_child(payload: dict) -> dict:
+    """Build (or read) one atlas in this process; its timings, rank correlation and cache key."""
+    import torch
+
+    from core.calibration.spec import CalibrationSpec
+    from core.models.loading import load
+    from core.plan.menu import quantize_menu
+    from core.plan.request import AtlasRequest, atlas_for
+
+    torch.set_num_threads(2)
+    loaded = load(payload["model"], device="cpu")
+    request = AtlasRequest(payload["model"], quantize_menu(payload["method"], MENU_BITS, (GROUP,)), payload["mode"],
+                           CalibrationSpec(**payload["calibration"]), payload["heldout"])
+    atlas = atlas_for(loaded.model, loaded.tokenizer, "wikitext2-valid", request, payload["cache"],
+                      loaded.context_length)
+    return {"key": atlas.key, "timings": atlas.timings, "spearman": atlas.spearman(), "base_nll": atlas.base_nll,
+            "uniform_nll": atlas.uniform_nll, "measured": atlas.measured, "heldout": payload["heldout"]}
+
+
+def run_atlas(name: str, model_dir: str, args: argparse.Namespace) -> dict:
+    _, method, mode = name.split("-")
+    # a proxy atlas is timed in a cache of its own (the measured one, which holds a proxy too, would answer it)
+    cache = str(args.cache) if mode == "measured" else tempfile.mkdtemp(prefix="squeezelab-atlas-")
+    payload = {"model": model_dir, "method": method, "mode": mode, "heldout": args.heldout, "cache": cache,
+               "calibration": recipe_for(model_dir, None, False)["calibration"]}
+    return in_child({"atlas": payload}, Path(__file__))
+
+
+# ---- planned jobs ----
+
+
+def planned_step(name: str, rows: dict, cache: Path) -> dict:
+    """The quantize step planned for ``<method>-plan-<avg>`` from its method's measured atlas."""
+    from core.plan.cache import load_atlas
+    from core.plan.menu import Budget
+    from core.plan.planner import Planner, step_params
+
+    method, _, avg = name.split("-")
+    avg_bits = float(avg)
+    key = rows[f"atlas-{method}-measured"]["key"]
+    atlas = load_atlas(cache, key)
+    lo, hi = (3, 4) if avg_bits >= 3.25 else (2, 3)
+    sub = atlas.restricted([MENU_BITS.index(lo), MENU_BITS.index(hi)])
+    plan = Planner(sub, "measured").plan(Budget("avg_bits", avg_bits, "measured"))
+    return {"quantize": step_params(plan, "quantize", quant(method, hi), sub.key, "measured")}
+
+
+def recipe_of(name: str, model_dir: str, windows: int, rows: dict, cache: Path) -> dict:
+    step = planned_step(name, rows, cache) if name in PLAN_JOBS else fixed_jobs()[name]
+    return recipe_for(model_dir, [step] if step else None, latency=False, windows=windows)
+
+
+def run_all(args: argparse.Namespace) -> dict[str, dict]:
+    from bench.eval_vs_plain import smollm2_gguf
+    from core import models
+
+    model_dir = str(models.gguf_as_folder(models.resolve(smollm2_gguf())))
+    rows = load_rows(args.out)
+    work = Path(tempfile.mkdtemp(prefix="squeezelab-peer-"))
+    for name in args.jobs:
+        started = time.perf_counter()
+        if name in ATLAS_JOBS:
+            rows[name] = run_atlas(name, model_dir, args)
+        elif name in PEER_JOBS:
+            rows[name] = peer_row(name, PEER_JOBS[name], model_dir, work)
+        else:
+            rows[name] = in_child(recipe_of(name, model_dir, args.windows, rows, args.cache))
+            rows[name]["windows"] = args.windows
+        shown = rows[name].get("perplexity") or rows[name].get("timings", {}).get("total_s")
+        print(f"{name}: {shown:.2f} ({time.perf_counter() - started:.0f} s)", flush=True)
+        args.out.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+# ---- tables ----
+
+
+def ppl(row: dict | None) -> str:
+    if not row or row.get("perplexity") is None:
+        return "-"
+    low, high = row.get("perplexity_ci_low"), row.get("perplexity_ci_high")
+    interval = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+    return f"{row['perplexity']:.2f}{interval}"
+
+
+def quantized_bits(row: dict) -> float:
+    """Stored bits per weight of the block linears (everything else is fp32: 4 bytes a parameter)."""
+    layers = (row.get("details", {}).get("steps") or [{}])[0].get("layers") or []
+    quantized = sum(layer["shape"][0] * layer["shape"][1] for layer in layers)
+    return 8 * (row["size_bytes"] - 4 * (row["params"] - quantized)) / quantized
+
+
+def plan_prediction(row: dict) -> dict | None:
+    """The planner's prediction stored in the planned step's recipe (None for other jobs)."""
+    import yaml
+
+    steps = (yaml.safe_load(row["recipe"]) or {}).get("steps") or []
+    planned = next((list(s.values())[0].get("planned") for s in steps if list(s.values())[0].get("planned")), None)
+    return planned["predicted"] if planned else None
+
+
+def atlas_table(rows: dict) -> str:
+    lines = ["| atlas | held-out windows | statistics s | solves s | measuring s | total s | Spearman proxy vs KL "
+             "(all cells / per option, mean) |", "|---|---|---|---|---|---|---|"]
+    for name in ATLAS_JOBS:
+        row = rows.get(name)
+        if not row:
+            continue
+        t, rho = row["timings"], row.get("spearman")
+        rank = f"{rho['all']:.3f} / {rho['per_option_mean']:.3f}" if rho else "-"
+        lines.append(f"| {name} | {row['heldout']} | {t['statistics_s']:.0f} | {t['solve_s']:.0f} | "
+                     f"{t['measure_s']:.0f} | {t['total_s']:.0f} | {rank} |")
+    return "\n".join(lines)
+
+
+def comparison_table(rows: dict, base: float) -> str:
+    lines = ["| method | width | job | perplexity [95% CI] | predicted | weights in memory MB | bits/weight "
+             "(block linears) |", "|---|---|---|---|---|---|---|"]
+    for method in ("rtn", "gptq"):
+        for lo, hi, avg in ((3, 4, "3.5"), (2, 3, "2.5")):
+            for name in (f"{method}-w{lo}", f"{method}-w{hi}", f"{method}-ends-{lo}{hi}", f"{method}-attn-{lo}{hi}",
+                         f"{method}-plan-{avg}"):
+                row = rows.get(name)
+                if not row:
+                    continue
+                guess = plan_prediction(row)
+                guess_text = f"{base * guess['perplexity_ratio']:.2f}" if guess and base else "-"
+                lines.append(f"| {method} | {avg} | {name} | {ppl(row)} | {guess_text} | {row['size_bytes'] / 1e6:.3f} "
+                             f"| {quantized_bits(row):.4f} |")
+    return "\n".join(lines)
+
+
+def prediction_table(rows: dict, base: float) -> str:
+    from core.plan.proxy import spearman
+
+    lines = ["| job | budget (bits/weight) | predicted | measured | relative error |", "|---|---|---|---|---|"]
+    guesses, measured = [], []
+    for name in PLAN_JOBS:
+        row = rows.get(name)
+        guess = plan_prediction(row) if row else None
+        if not guess:
+            continue
+        value = base * guess["perplexity_ratio"]
+        guesses.append(value)
+        measured.append(row["perplexity"])
+        lines.append(f"| {name} | {guess['avg_bits']:.3f} | {value:.2f} | {ppl(row)} | "
+                     f"{(value - row['perplexity']) / row['perplexity']:+.1%} |")
+    if len(guesses) >= 2:
+        worst = max(abs(g - m) / m for g, m in zip(guesses, measured, strict=True))
+        lines.append(f"\n{len(guesses)} budgets: largest relative error {worst:.1%}, Spearman(predicted, measured) "
+                     f"{spearman(guesses, measured):.3f}")
+    return "\n".join(lines)
+
+
+def simple_table(rows: dict, names: list[str]) -> str:
+    lines = ["| job | perplexity [95% CI] | compress wall s | peak RSS MB |", "|---|---|---|---|"]
+    for name in names:
+        row = rows.get(name)
+        if row:
+            lines.append(f"| {name} | {ppl(row)} | {step_wall_s(row):.0f} | {row.get('peak_rss_bytes', 0) / 1e6:.0f} |")
+    return "\n".join(lines)
+
+
+def tables(rows: dict, windows: int) -> str:
+    base = (rows.get("fp32") or {}).get("perplexity")
+    owl = [f"{m}{o}-{s}" for s in SPARSITIES for m in ("wanda", "sparsegpt") for o in ("", "-owl")] + \
+        [f"llmc-sparsegpt-owl-{s}" for s in SPARSITIES]
+    return "\n\n".join([protocol_line(windows), f"fp32: {ppl(rows.get('fp32'))}", atlas_table(rows),
+                        comparison_table(rows, base), prediction_table(rows, base),
+                        simple_table(rows, ["rtn-w4", "gptq-w4", "awq-w4", "awq-gptq-w4", "llmc-awq-w4"]),
+                        simple_table(rows, owl)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    order = ["fp32", *ATLAS_JOBS, *fixed_jobs(), *PLAN_JOBS, *PEER_JOBS]
+    parser.add_argument("--jobs", nargs="*", default=list(dict.fromkeys(order)))
+    parser.add_argument("--windows", type=int, default=64)
+    parser.add_argument("--heldout", type=int, default=2, help="held-out calibration windows of a measured atlas")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "squeezelab-plan-bench-cache")
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "squeezelab-plan-bench.json")
+    parser.add_argument("--tables", action="store_true", help="only print the tables of the rows in --out")
+    args = parser.parse_args()
+    rows = load_rows(args.out) if args.tables else run_all(args)
+    print(tables(rows, args.windows))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
+    payload = json.loads(sys.argv[2])
+    print(json.dumps(atlas_child(payload["atlas"])))
+elif __name__ == "__main__":
+    main()
