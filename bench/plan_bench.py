@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import in_child, load_rows, peer_row, protocol_line, recipe_for, step_wall_s  # noqa: E402
+from bench.common import calibration_ids, in_child, load_rows, protocol_line, recipe_for, step_wall_s  # noqa: E402
 
 GROUP = 64
 MENU_BITS = (2, 3, 4)
@@ -129,6 +129,21 @@ def recipe_of(name: str, model_dir: str, windows: int, rows: dict, cache: Path) 
     return recipe_for(model_dir, [step] if step else None, latency=False, windows=windows)
 
 
+def peer_row(name: str, model_dir: str, work: Path, windows: int) -> dict:
+    """One llm-compressor job in its own venv, its saved model evaluated by ours on the same windows."""
+    from bench.peer_llmcompressor import ensure_venv, run_peer
+
+    ensure_venv()
+    ids_file = work / "calibration_ids.json"
+    if not ids_file.exists():
+        ids_file.write_text(json.dumps(calibration_ids(model_dir)))
+    peer = run_peer({"model_dir": model_dir, "out_dir": str(work / name), "calibration_ids": str(ids_file),
+                     "recipe": PEER_JOBS[name], "threads": 2})
+    row = in_child(recipe_for(str(work / name), None, False, windows))
+    row.update(step_wall_s=peer["wall_s"], peak_rss_bytes=peer["peak_rss_bytes"], peer=peer, windows=windows)
+    return row
+
+
 def run_all(args: argparse.Namespace) -> dict[str, dict]:
     from bench.eval_vs_plain import smollm2_gguf
     from core import models
@@ -141,7 +156,7 @@ def run_all(args: argparse.Namespace) -> dict[str, dict]:
         if name in ATLAS_JOBS:
             rows[name] = run_atlas(name, model_dir, args)
         elif name in PEER_JOBS:
-            rows[name] = peer_row(name, PEER_JOBS[name], model_dir, work)
+            rows[name] = peer_row(name, model_dir, work, args.windows)
         else:
             rows[name] = in_child(recipe_of(name, model_dir, args.windows, rows, args.cache))
             rows[name]["windows"] = args.windows

@@ -56,7 +56,7 @@ class _Heldout:
             scored = score_batch(logits_from_block(model, index, item.hidden, ids), ids, self.base_logits[i])
             nll, base, kl, count = nll + scored.nll_sum, base + scored.base_nll_sum, kl + scored.kl_sum, \
                 count + scored.count
-        return (nll - base) / count, kl / count
+        return (nll - base) / count, max(kl / count, 0.0)  # KL >= 0; float32 sums can miss by 1e-8
 
 
 @dataclass

@@ -154,7 +154,7 @@ class PruneSpec:
             return f"{self.method} plan {parse_budget(self.budget, 'prune', self.method)[0].label()}"
         per_layer = " owl" if self.owl else f" +{len(self.overrides)} overrides" if self.overrides else ""
         if self.planned:
-            per_layer = f" planned {self.planned.get('budget_label', '')}".rstrip()
+            return f"{self.method} planned {self.planned.get('budget_label', '')}".rstrip()
         return f"{self.method} {amount}{pattern}{scope}{per_layer}"
 
     def as_dict(self) -> dict:

@@ -179,7 +179,7 @@ class QuantizeSpec:
         method = f"awq+{self.rounding}" if self.method == "awq" else self.method
         mixed = f" +{len(self.overrides)} overrides" if self.overrides else ""
         if self.planned:
-            mixed = f" planned {self.planned.get('budget_label', '')}".rstrip()
+            return f"{method} planned {self.planned.get('budget_label', '')}".rstrip()
         return f"{method} w{self.bits} {group} {'sym' if self.symmetric else 'asym'}{mixed}"
 
     def scheme_for(self, name: str, device_type: str = "cpu") -> QuantScheme | None:
