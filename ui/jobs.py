@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import streamlit as st
 
@@ -50,6 +51,9 @@ class Job:
     error: str | None = None
     cancel_requested: bool = False
     curve: list[dict] = field(default_factory=list)  # training records of a distill step, as they arrive
+    # a job that is not a recipe (e.g. building a sensitivity atlas): task(on_progress, cancel) -> output
+    task: Callable[[Callable[[str, float], None], Callable[[], bool]], Any] | None = None
+    output: Any = None
 
     @property
     def elapsed_s(self) -> float:
@@ -102,6 +106,17 @@ class Worker:
             self._cancel[job_id] = threading.Event()
             self._forget_old()
         self._queue.put((job, base))
+        return job_id
+
+    def submit_task(self, task: Callable[[Callable[[str, float], None], Callable[[], bool]], Any], label: str) -> str:
+        """Queue work that is not a recipe; ``task(on_progress, cancel)``'s return value becomes ``job.output``."""
+        job_id = f"{next(self._counter)}-{secrets.token_hex(3)}"
+        job = Job(job_id, None, label, str(default_results_dir()), task=task)
+        with self._lock:
+            self._jobs[job_id] = job
+            self._cancel[job_id] = threading.Event()
+            self._forget_old()
+        self._queue.put((job, None))
         return job_id
 
     def get(self, job_id: str) -> Job | None:
@@ -188,6 +203,10 @@ class Worker:
                 job.curve.append(record)
 
         try:
+            if job.task is not None:
+                output = job.task(on_progress, cancel.is_set)
+                self._update(job, status="done", output=output, stage="done", fraction=1.0, finished=time.time())
+                return
             store = _RecordingStore(job.results_dir, lambda run_id: self._update(job, result_id=run_id))
             row = pipeline.run(job.recipe, store, base=base, on_progress=on_progress, cancel=cancel.is_set,
                                on_step=on_step)
@@ -281,7 +300,9 @@ def _render_running(job: Job) -> None:
 
 
 def _render_finished(job: Job) -> None:
-    if job.status == "done":
+    if job.status == "done" and job.result_id is None:  # a task, not a recipe: its page shows the output
+        st.success(f"Finished in {job.elapsed_s:.1f} s")
+    elif job.status == "done":
         st.success(f"Finished in {job.elapsed_s:.1f} s · result {job.result_id}")
         row = _stored_row(job)
         if row is not None:

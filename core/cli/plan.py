@@ -18,7 +18,6 @@ from pathlib import Path
 from core.calibration.spec import CalibrationSpec
 from core.checks import require
 from core.cli.output import progress_printer
-from core.cli.parser import EXIT_OK, MODEL_HELP
 from core.evaluate.spec import EvalSpec
 from core.models.loading import load
 from core.plan.menu import DEFAULT_BITS, DEFAULT_HELDOUT, DEFAULT_LEVELS, MODES, PRUNE_METHODS, QUANT_METHODS
@@ -30,9 +29,10 @@ from core.store import ResultStore
 BUDGET_OPTIONS = {"avg_bits": "--avg-bits", "size_mb": "--size-mb", "sparsity": "--sparsity", "max_ppl": "--max-ppl"}
 
 
-def add_plan_parser(commands) -> None:  # noqa: ANN001 - argparse's private subparsers action
+def add_plan_parser(commands, model_help: str) -> None:  # noqa: ANN001 - argparse's private subparsers action
+    """``squeezelab plan`` and its options (the parser module passes its help text for --model)."""
     p = commands.add_parser("plan", help="choose per-layer bits or sparsity under a budget; write the recipe")
-    p.add_argument("--model", default="sample:teacher", help=MODEL_HELP)
+    p.add_argument("--model", default="sample:teacher", help=model_help)
     p.add_argument("--quantize", choices=list(QUANT_METHODS), help="plan a quantization with this method")
     p.add_argument("--bits", type=int, nargs="+", default=list(DEFAULT_BITS), help="the widths a layer may take")
     p.add_argument("--group-size", type=int, nargs="+", default=[0], help="the group sizes a layer may take (0: per "
@@ -98,7 +98,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     args.out.write_text(json.dumps(resolved.to_dict(), indent=1) if args.out.suffix.lower() == ".json"
                         else resolved.to_yaml())
     _print_plan(plan, resolved, planned.params["planned"], args)
-    return EXIT_OK
+    return 0  # EXIT_OK (core.cli.parser imports this module, so not the other way round)
 
 
 def _print_plan(plan, recipe: Recipe, planned: dict, args: argparse.Namespace) -> None:  # noqa: ANN001 - a Plan
