@@ -89,18 +89,20 @@ def atlas_child(payload: dict) -> dict:
     torch.set_num_threads(2)
     loaded = load(payload["model"], device="cpu")
     request = AtlasRequest(payload["model"], quantize_menu(payload["method"], MENU_BITS, (GROUP,)), payload["mode"],
-                           CalibrationSpec(**payload["calibration"]), payload["heldout"])
+                           CalibrationSpec(**payload["calibration"]), payload["heldout"], payload["heldout_tokens"])
     atlas = atlas_for(loaded.model, loaded.tokenizer, "wikitext2-valid", request, payload["cache"],
                       loaded.context_length)
     return {"key": atlas.key, "timings": atlas.timings, "spearman": atlas.spearman(), "base_nll": atlas.base_nll,
-            "uniform_nll": atlas.uniform_nll, "measured": atlas.measured, "heldout": payload["heldout"]}
+            "uniform_nll": atlas.uniform_nll, "measured": atlas.measured, "heldout": payload["heldout"],
+            "heldout_tokens": payload["heldout_tokens"]}
 
 
 def run_atlas(name: str, model_dir: str, args: argparse.Namespace) -> dict:
     _, method, mode = name.split("-")
     # a proxy atlas is timed in a cache of its own (the measured one, which holds a proxy too, would answer it)
     cache = str(args.cache) if mode == "measured" else tempfile.mkdtemp(prefix="squeezelab-atlas-")
-    payload = {"model": model_dir, "method": method, "mode": mode, "heldout": args.heldout, "cache": cache,
+    payload = {"model": model_dir, "method": method, "mode": mode, "heldout": args.heldout,
+               "heldout_tokens": args.heldout_tokens, "cache": cache,
                "calibration": recipe_for(model_dir, None, False)["calibration"]}
     return in_child({"atlas": payload}, Path(__file__))
 
@@ -194,15 +196,16 @@ def plan_prediction(row: dict) -> dict | None:
 
 
 def atlas_table(rows: dict) -> str:
-    lines = ["| atlas | held-out windows | statistics s | solves s | measuring s | total s | Spearman proxy vs KL "
-             "(all cells / per option, mean) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| atlas | held-out windows x tokens | statistics s | solves s | measuring s | total s | Spearman proxy "
+             "vs KL (all cells / per option, mean) |", "|---|---|---|---|---|---|---|"]
     for name in ATLAS_JOBS:
         row = rows.get(name)
         if not row:
             continue
         t, rho = row["timings"], row.get("spearman")
         rank = f"{rho['all']:.3f} / {rho['per_option_mean']:.3f}" if rho else "-"
-        lines.append(f"| {name} | {row['heldout']} | {t['statistics_s']:.0f} | {t['solve_s']:.0f} | "
+        tokens = row.get("heldout_tokens") or 512
+        lines.append(f"| {name} | {row['heldout']} x {tokens} | {t['statistics_s']:.0f} | {t['solve_s']:.0f} | "
                      f"{t['measure_s']:.0f} | {t['total_s']:.0f} | {rank} |")
     return "\n".join(lines)
 
@@ -271,6 +274,7 @@ def main() -> None:
     parser.add_argument("--jobs", nargs="*", default=list(dict.fromkeys(order)))
     parser.add_argument("--windows", type=int, default=64)
     parser.add_argument("--heldout", type=int, default=2, help="held-out calibration windows of a measured atlas")
+    parser.add_argument("--heldout-tokens", type=int, default=None, help="tokens scored of each held-out window")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "squeezelab-plan-bench-cache")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "squeezelab-plan-bench.json")
     parser.add_argument("--tables", action="store_true", help="only print the tables of the rows in --out")

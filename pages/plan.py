@@ -96,7 +96,7 @@ def budget_section(atlas, request: AtlasRequest, calibration) -> None:
                              step=(high - low) / 200 or 0.01, format="%.3f", key=f"plan_value_{target}")
     plan = None
     with shown("This budget cannot be planned"):
-        plan = plans.plan(Budget(target, value, request.mode, request.heldout))
+        plan = plans.plan(Budget(target, value, request.mode, request.heldout, request.heldout_tokens))
     if plan is None:
         return
     cols = st.columns(4)

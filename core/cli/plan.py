@@ -48,6 +48,8 @@ def add_plan_parser(commands, model_help: str) -> None:  # noqa: ANN001 - argpar
     p.add_argument("--mode", choices=list(MODES), default="proxy",
                    help="proxy: second-order costs (fast); measured: KL with one layer changed at a time")
     p.add_argument("--heldout", type=int, default=DEFAULT_HELDOUT, help="calibration windows that score the costs")
+    p.add_argument("--heldout-tokens", type=int, default=None,
+                   help="score only the first N tokens of each held-out window (a measured atlas costs in proportion)")
     p.add_argument("--calib-text", default="default", help="calibration text source")
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--calib-seqlen", type=int, default=512)
@@ -75,6 +77,8 @@ def budget_step(args: argparse.Namespace) -> Step:
     require(target in allowed, f"{BUDGET_OPTIONS[target]} does not bound a {technique} plan; give one of "
                                f"{', '.join(BUDGET_OPTIONS[t] for t in allowed)}")
     budget = {target: getattr(args, target), "mode": args.mode, "heldout": args.heldout}
+    if args.heldout_tokens is not None:
+        budget["heldout_tokens"] = args.heldout_tokens
     if technique == "quantize":
         budget.update(bits=args.bits, group_sizes=args.group_size)
         return Step("quantize", {"method": args.quantize, "symmetric": not args.asymmetric, "budget": budget})

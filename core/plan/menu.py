@@ -30,7 +30,7 @@ TARGETS = ("avg_bits", "size_mb", "sparsity", "max_ppl")  # what a budget bounds
 DEFAULT_BITS = (2, 3, 4, 8)
 DEFAULT_LEVELS = (0.0, 0.25, 0.5, 0.75)
 DEFAULT_HELDOUT = 2  # calibration windows kept out of the statistics, on which measured costs are scored
-MENU_KEYS = ("bits", "group_sizes", "levels", "mode", "heldout")
+MENU_KEYS = ("bits", "group_sizes", "levels", "mode", "heldout", "heldout_tokens")
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,7 @@ class Budget:
     value: float
     mode: str = "proxy"
     heldout: int = DEFAULT_HELDOUT
+    heldout_tokens: int | None = None  # tokens of each held-out window that are scored (None: all of them)
 
     def __post_init__(self) -> None:
         require(self.target in TARGETS, f"a budget bounds one of {', '.join(TARGETS)}, got {self.target!r}")
@@ -118,6 +119,8 @@ class Budget:
                 + ("a sparsity is a share in [0, 1)" if self.target == "sparsity" else "it must be above 0"))
         require(self.mode in MODES, f"mode must be proxy or measured, got {self.mode!r}")
         require(is_count(self.heldout, 1), f"heldout must be a whole number of windows >= 1, got {self.heldout!r}")
+        require(self.heldout_tokens is None or is_count(self.heldout_tokens, 2),
+                f"heldout_tokens must be a whole number >= 2 (or left out), got {self.heldout_tokens!r}")
 
     def label(self) -> str:
         unit = {"avg_bits": " bits/weight", "size_mb": " MB", "sparsity": " sparsity", "max_ppl": " perplexity"}
@@ -135,7 +138,8 @@ def parse_budget(raw: Any, technique: str, method: str, group_size: int | None =
     given = [t for t in targets if t in raw]
     require(len(given) == 1, f"a {technique} budget gives exactly one of {', '.join(targets)}, got "
                              f"{', '.join(given) or 'none'}; e.g. budget: {example}")
-    budget = Budget(given[0], raw[given[0]], raw.get("mode", "proxy"), raw.get("heldout", DEFAULT_HELDOUT))
+    budget = Budget(given[0], raw[given[0]], raw.get("mode", "proxy"), raw.get("heldout", DEFAULT_HELDOUT),
+                    raw.get("heldout_tokens"))
     if technique == "quantize":
         groups = raw.get("group_sizes", [group_size or 0])
         require(isinstance(groups, list | tuple), f"group_sizes must be a list such as [64], got {groups!r}")
@@ -150,6 +154,8 @@ def parse_budget(raw: Any, technique: str, method: str, group_size: int | None =
 def budget_mapping(budget: Budget, menu: Menu) -> dict[str, Any]:
     """The ``budget:`` mapping that ``parse_budget`` reads back to the same budget and menu."""
     raw: dict[str, Any] = {budget.target: budget.value, "mode": budget.mode, "heldout": budget.heldout}
+    if budget.heldout_tokens is not None:
+        raw["heldout_tokens"] = budget.heldout_tokens
     if menu.technique == "quantize":
         raw["bits"] = sorted({o.bits for o in menu.options})
         raw["group_sizes"] = [g or 0 for g in dict.fromkeys(o.group_size for o in menu.options)]

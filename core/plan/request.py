@@ -2,7 +2,8 @@
 
 The calibration windows are those a run with the same ``calibration:`` section uses (``samples`` random
 windows of ``seqlen`` tokens, seeded); ``heldout`` more windows drawn after them from the same generator
-are kept out of the statistics and score the measured costs and the uniform choices.
+are kept out of the statistics and score the measured costs and the uniform choices (their first
+``heldout_tokens`` tokens: a measured cell costs in proportion to them).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ class AtlasRequest:
     mode: str = "proxy"  # proxy | measured
     calibration: CalibrationSpec = CalibrationSpec()
     heldout: int = DEFAULT_HELDOUT
+    heldout_tokens: int | None = None  # None: whole windows of the calibration seqlen
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
 
     def settings(self, model: nn.Module) -> dict:
         c = self.calibration
         return {"text": c.text, "samples": c.samples, "seqlen": c.seqlen, "seed": c.seed, "heldout": self.heldout,
+                "heldout_tokens": self.heldout_tokens,
                 "include": list(self.include), "exclude": list(self.exclude),
                 "dtype": str(next(model.parameters()).dtype)}
 
@@ -49,7 +52,7 @@ def windows_for(request: AtlasRequest, tokenizer, default_text: str, context_len
     seqlen = min(spec.seqlen, context_length) if context_length else spec.seqlen
     ids = data.tokenize(tokenizer, data.load_text(spec.text, default=default_text).text)
     windows = data.calibration_batches(ids, spec.samples + request.heldout, seqlen, spec.seed)
-    return windows[: spec.samples], windows[spec.samples :]
+    return windows[: spec.samples], windows[spec.samples :, : request.heldout_tokens]
 
 
 def cached_atlas(model: nn.Module, request: AtlasRequest, cache_root: str | Path | None) -> Atlas | None:

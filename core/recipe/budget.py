@@ -42,7 +42,8 @@ def plan_step(step: Step, model, loaded: LoadedModel, recipe: Recipe, context: S
     budget, menu = parse_budget(params["budget"], step.kind, spec.method, params.get("group_size"),
                                 params.get("symmetric", True))
     calibration = replace(recipe.calibration, seqlen=context.seqlen)
-    request = AtlasRequest(recipe.model, menu, budget.mode, calibration, budget.heldout, spec.include, spec.exclude)
+    request = AtlasRequest(recipe.model, menu, budget.mode, calibration, budget.heldout, budget.heldout_tokens,
+                           spec.include, spec.exclude)
     layers = [LayerShape(name, *weight_matrix(module).shape)
               for name, module in block_linear_layers(model, spec.include, spec.exclude)]
     check_budget_fits(layers, menu, budget, fixed_bytes(model, [layer.name for layer in layers]), element_size(model))
