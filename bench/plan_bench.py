@@ -258,6 +258,39 @@ def simple_table(rows: dict, names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def slider_timing(rows: dict, cache: Path) -> str:
+    """What a move of the Plan page's slider costs on the RTN atlas: the planner's table (once), one plan, the
+    heatmap with the plan circled (median of 50 budgets across the range; this process, 2 threads)."""
+    import statistics
+
+    from core.plan.cache import load_atlas
+    from core.plan.menu import Budget
+    from core.plan.planner import Planner
+    from ui.planning import atlas_figure, budget_range
+
+    row = rows.get("atlas-rtn-measured")
+    atlas = load_atlas(cache, row["key"]) if row else None
+    if atlas is None:
+        return "slider: no cached RTN atlas"
+    started = time.perf_counter()
+    planner = Planner(atlas, "measured")
+    planner.table("bytes")
+    table_s = time.perf_counter() - started
+    low, high = budget_range(planner, "avg_bits")
+    plan_ms, figure_ms = [], []
+    for value in [low + (high - low) * i / 49 for i in range(50)]:
+        started = time.perf_counter()
+        plan = planner.plan(Budget("avg_bits", value))
+        plan_ms.append(1000 * (time.perf_counter() - started))
+        started = time.perf_counter()
+        atlas_figure(atlas, "measured", [atlas.menu.options.index(o) for o in plan.options])
+        figure_ms.append(1000 * (time.perf_counter() - started))
+    return (f"slider (RTN atlas, {len(atlas.layers)} layers x {len(atlas.menu.options)} options): knapsack table "
+            f"{1000 * table_s:.0f} ms once ({planner.table('bytes').capacity_units + 1} cells per layer, exact: "
+            f"{planner.table('bytes').exact}); per move: plan {statistics.median(plan_ms):.2f} ms, heatmap "
+            f"{statistics.median(figure_ms):.1f} ms (median of 50 budgets)")
+
+
 def tables(rows: dict, windows: int) -> str:
     base = (rows.get("fp32") or {}).get("perplexity")
     owl = [f"{m}{o}-{s}" for s in SPARSITIES for m in ("wanda", "sparsegpt") for o in ("", "-owl")] + \
@@ -281,6 +314,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = load_rows(args.out) if args.tables else run_all(args)
     print(tables(rows, args.windows))
+    print(slider_timing(rows, args.cache))
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:

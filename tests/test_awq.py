@@ -100,6 +100,7 @@ def test_rescaled_statistics_are_those_of_the_scaled_inputs():
     rescale_statistics_(stats, s)
     assert torch.allclose(stats.hessian, expected.hessian, atol=1e-5)
     assert torch.allclose(stats.act_sq_sum, expected.act_sq_sum, atol=1e-4)
+    assert torch.allclose(stats.act_abs_sum, expected.act_abs_sum, atol=1e-4)
 
 
 def test_weight_scale_is_relative_to_each_group():

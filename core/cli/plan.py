@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from core.calibration.spec import CalibrationSpec
@@ -96,20 +97,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
     on_progress = progress_printer(not args.json)
     loaded = load(recipe.model, device=recipe.device, dtype=recipe.dtype)
     context = pipeline.step_context(recipe, loaded, on_progress, None)
-    planned, plan = plan_step(step, loaded.model, loaded, recipe, context, ResultStore(args.results_dir).root)
+    planned, plan, atlas = plan_step(step, loaded.model, loaded, recipe, context, ResultStore(args.results_dir).root)
     resolved = Recipe.from_dict({**recipe.to_dict(), "steps": [{planned.kind: planned.params}]})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(resolved.to_dict(), indent=1) if args.out.suffix.lower() == ".json"
                         else resolved.to_yaml())
-    _print_plan(plan, resolved, planned.params["planned"], args)
+    _print_plan(plan, resolved, atlas, args)
     return 0  # EXIT_OK (core.cli.parser imports this module, so not the other way round)
 
 
-def _print_plan(plan, recipe: Recipe, planned: dict, args: argparse.Namespace) -> None:  # noqa: ANN001 - a Plan
+def _print_plan(plan, recipe: Recipe, atlas, args: argparse.Namespace) -> None:  # noqa: ANN001 - Plan, Atlas
     predicted = plan.predicted()
+    rho = atlas.spearman()
     if args.json:
-        print(json.dumps({"predicted": predicted, "recipe": recipe.to_dict(), "layers": plan.layer_rows(),
-                          "atlas": {"key": planned["atlas"], "mode": planned["mode"]}}))
+        print(json.dumps(_finite({"predicted": predicted, "recipe": recipe.to_dict(), "layers": plan.layer_rows(),
+                                  "atlas": {"key": atlas.key, "mode": args.mode, "timings": atlas.timings,
+                                            "spearman_proxy_vs_measured": rho}})))
         return
     counts: dict[str, int] = {}
     for option in plan.options:
@@ -119,7 +122,19 @@ def _print_plan(plan, recipe: Recipe, planned: dict, args: argparse.Namespace) -
                                 f"in the planned layers, {plan.sparsity:.1%} zeros)"),
              ("predicted perplexity", f"{plan.perplexity:.3f} ({plan.perplexity_ratio:.4f} x the base "
                                       f"{plan.base_perplexity:.3f} on the atlas's held-out calibration windows)"),
-             ("costs", f"{planned['mode']} (atlas {planned['atlas']})"),
+             ("costs", f"{args.mode} (atlas {atlas.key}, built in {atlas.timings.get('total_s', 0):.0f} s"
+                       + (f"; proxy vs measured Spearman {rho['all']:.3f}" if rho else "") + ")"),
              ("recipe", f"{args.out}  (run it: squeezelab run {args.out})")]
     width = max(len(name) for name, _ in lines)
     print("\n".join(f"{name:<{width}}  {value}" for name, value in lines))
+
+
+def _finite(value):  # noqa: ANN001, ANN202 - plain JSON data
+    """``value`` with NaN and infinities as None: strict JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value

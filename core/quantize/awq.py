@@ -7,7 +7,7 @@ finer steps relative to their size. For each group of layers that read the same 
 
     s = x^r / w^(1-r),  normalized so that sqrt(max(s) * min(s)) = 1,
 
-with ``x`` the RMS of each input channel over the calibration tokens, ``w`` the mean over output rows
+with ``x`` the mean |x_j| of each input channel over the calibration tokens, ``w`` the mean over output rows
 of |W| divided by its group's largest |W|, and ``r`` the ratio on a grid of ``grid`` points in [0, 1)
 (both terms as in llm-compressor's ``duo_scaling``). The ratio kept is the one whose rounded weights
 give the smallest output error on the calibration inputs, ``sum over the group of tr(dW H dW^T)`` with
@@ -45,8 +45,8 @@ class ScaleSearch:
 
 
 def activation_scale(stats: HessianAccumulator) -> torch.Tensor:
-    """RMS of each input channel over the tokens seen: [in]."""
-    return (stats.act_sq_sum / max(stats.tokens, 1)).sqrt()
+    """Mean |x_j| of each input channel over the tokens seen: [in]."""
+    return stats.act_abs_sum / max(stats.tokens, 1)
 
 
 def weight_scale(weights: list[torch.Tensor], schemes: list[QuantScheme | None]) -> torch.Tensor:
@@ -102,10 +102,11 @@ def search_scales(weights: list[torch.Tensor], schemes: list[QuantScheme | None]
 
 
 def rescale_statistics_(stats: HessianAccumulator, s: torch.Tensor) -> None:
-    """The statistics of inputs ``x / s``, from those of ``x``: H / (s s^T), and the squares / s^2."""
+    """The statistics of inputs ``x / s``, from those of ``x``: H / (s s^T), the squares / s^2, |x| / s."""
     s = s.to(stats.hessian.device, torch.float32)
     stats.hessian.div_(s.unsqueeze(0) * s.unsqueeze(1))
     stats.act_sq_sum.div_(s.square())
+    stats.act_abs_sum.div_(s)
 
 
 SchemeOf = Callable[[nn.Module], "QuantScheme | None"]

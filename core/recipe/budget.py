@@ -35,8 +35,8 @@ def needs_planning(recipe: Recipe) -> bool:
 
 
 def plan_step(step: Step, model, loaded: LoadedModel, recipe: Recipe, context: StepContext,
-              cache_root: str | Path | None) -> tuple[Step, Any]:
-    """(the step with its budget resolved, the plan) for ``model`` as this step receives it."""
+              cache_root: str | Path | None) -> tuple[Step, Any, Any]:
+    """(the step with its budget resolved, the plan, the atlas) for ``model`` as this step receives it."""
     params = step.params
     spec = step.parsed.spec if step.kind == "prune" else step.parsed
     budget, menu = parse_budget(params["budget"], step.kind, spec.method, params.get("group_size"),
@@ -50,7 +50,7 @@ def plan_step(step: Step, model, loaded: LoadedModel, recipe: Recipe, context: S
     atlas = atlas_for(model, loaded.tokenizer, context.default_text, request, cache_root, loaded.context_length,
                       context.on_progress, context.cancel)
     plan = Planner(atlas, budget.mode).plan(budget)
-    return Step(step.kind, step_params(plan, step.kind, params, atlas.key, budget.mode)), plan
+    return Step(step.kind, step_params(plan, step.kind, params, atlas.key, budget.mode)), plan, atlas
 
 
 def resolve_budgets(recipe: Recipe, loaded: LoadedModel, context: StepContext,
@@ -70,7 +70,7 @@ def resolve_budgets(recipe: Recipe, loaded: LoadedModel, context: StepContext,
                 scratch = scratch_context.take_model(scratch)
             applied = len(resolved)
         report(context.on_progress, f"plan step {index + 1}", 0.0)
-        planned, _ = plan_step(step, scratch if scratch is not None else loaded.model, loaded, recipe, context,
+        planned, _, _ = plan_step(step, scratch if scratch is not None else loaded.model, loaded, recipe, context,
                                cache_root)
         resolved.append(planned)
     return replace(recipe, steps=tuple(resolved))
