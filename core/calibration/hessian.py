@@ -28,8 +28,9 @@ class HessianAccumulator:
     ``hessian`` [in, in] is ``2/N * X^T X`` over the N = ``hessian_tokens`` tokens folded into it
     (float32, kept as a running mean so it never grows with N); ``act_sq_sum`` [in] is the sum of
     squares of each input column over all ``tokens`` seen (Wanda's activation norms are its square
-    root); ``act_abs_sum`` [in] the sum of |x_j| (AWQ's activation scale is its mean). ``max_hessian_tokens`` caps N: X^T X costs as much as the layer's own forward, and a
-    caller that only reports errors from it does not need it over every token.
+    root); ``act_abs_sum`` [in] the sum of |x_j| (AWQ's activation scale is its mean).
+    ``max_hessian_tokens`` caps N: X^T X costs as much as the layer's own forward, and a caller that
+    only reports errors from it does not need it over every token.
     """
 
     def __init__(self, columns: int, device: torch.device | str | None = None,
