@@ -16,7 +16,8 @@ bytes = the stored form), block linears only (the tied embedding stays fp32).
   at ``lo``; ``<method>-attn-<lo><hi>``: attention at ``hi``, MLP at ``lo``; ``<method>-plan-<avg>``: planned at
   ``avg`` stored bits per weight from options {lo, hi} (``{3, 4}`` from 3.25 up, else ``{2, 3}``).
 * ``awq-w4`` / ``awq-gptq-w4``: AWQ then RTN / GPTQ; ``llmc-awq-w4``: llm-compressor's AWQModifier + RTN.
-* ``<wanda|sparsegpt>-<s>`` and ``-owl-<s>``: uniform and OWL (lambda 0.08, m 5); ``llmc-sparsegpt-owl-<s>``.
+* ``<wanda|sparsegpt>-<s>`` and ``-owl-<s>``: uniform and OWL (lambda 0.08, m 5); ``llmc-sparsegpt-owl-<s>``;
+  ``wanda-plan-<s>``: each layer's sparsity planned from ``atlas-wanda-proxy`` (levels 0.4 to 0.9).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ OWL = {"lambda": 0.08, "m": 5}
 PLAN_BUDGETS = {"rtn": (2.5, 3.3, 3.4, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0), "gptq": (2.5, 3.5)}
 ENDS = 4  # blocks at each end of the "first and last blocks" mix
 SPARSITIES = (50, 60, 70)
+WANDA_LEVELS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def quant(method: str, bits: int, **extra) -> dict:
@@ -70,8 +72,9 @@ def fixed_jobs(blocks: int = 30) -> dict[str, dict | None]:
 PEER_JOBS = {"llmc-awq-w4": {"kind": "awq", "bits": 4, "group_size": GROUP, "symmetric": True},
              **{f"llmc-sparsegpt-owl-{s}": {"kind": "sparsegpt", "sparsity": s / 100, "owl": dict(OWL)}
                 for s in SPARSITIES}}
-ATLAS_JOBS = [f"atlas-{m}-{mode}" for m in ("rtn", "gptq") for mode in ("measured", "proxy")]
+ATLAS_JOBS = [*(f"atlas-{m}-{mode}" for m in ("rtn", "gptq") for mode in ("measured", "proxy")), "atlas-wanda-proxy"]
 PLAN_JOBS = [f"{m}-plan-{b}" for m, budgets in PLAN_BUDGETS.items() for b in budgets]
+SPARSITY_PLAN_JOBS = [f"wanda-plan-{s}" for s in SPARSITIES]
 
 
 # ---- atlases (in a child process) ----
@@ -83,24 +86,26 @@ def atlas_child(payload: dict) -> dict:
 
     from core.calibration.spec import CalibrationSpec
     from core.models.loading import load
-    from core.plan.menu import quantize_menu
+    from core.plan.menu import prune_menu, quantize_menu
     from core.plan.request import AtlasRequest, atlas_for
 
     torch.set_num_threads(2)
     loaded = load(payload["model"], device="cpu")
-    request = AtlasRequest(payload["model"], quantize_menu(payload["method"], MENU_BITS, (GROUP,)), payload["mode"],
+    menu = prune_menu("wanda", WANDA_LEVELS) if payload["method"] == "wanda" else \
+        quantize_menu(payload["method"], MENU_BITS, (GROUP,))
+    request = AtlasRequest(payload["model"], menu, payload["mode"],
                            CalibrationSpec(**payload["calibration"]), payload["heldout"], payload["heldout_tokens"])
     atlas = atlas_for(loaded.model, loaded.tokenizer, "wikitext2-valid", request, payload["cache"],
                       loaded.context_length)
     return {"key": atlas.key, "timings": atlas.timings, "spearman": atlas.spearman(), "base_nll": atlas.base_nll,
             "uniform_nll": atlas.uniform_nll, "measured": atlas.measured, "heldout": payload["heldout"],
-            "heldout_tokens": payload["heldout_tokens"]}
+            "heldout_tokens": payload["heldout_tokens"], "cache": payload["cache"]}
 
 
 def run_atlas(name: str, model_dir: str, args: argparse.Namespace) -> dict:
     _, method, mode = name.split("-")
     # a proxy atlas is timed in a cache of its own (the measured one, which holds a proxy too, would answer it)
-    cache = str(args.cache) if mode == "measured" else tempfile.mkdtemp(prefix="squeezelab-atlas-")
+    cache = str(args.cache) if mode == "measured" or method == "wanda" else tempfile.mkdtemp(prefix="squeezelab-atlas-")
     payload = {"model": model_dir, "method": method, "mode": mode, "heldout": args.heldout,
                "heldout_tokens": args.heldout_tokens, "cache": cache,
                "calibration": recipe_for(model_dir, None, False)["calibration"]}
@@ -126,8 +131,22 @@ def planned_step(name: str, rows: dict, cache: Path) -> dict:
     return {"quantize": step_params(plan, "quantize", quant(method, hi), sub.key, "measured")}
 
 
+def planned_sparsity_step(name: str, rows: dict, cache: Path) -> dict:
+    """The prune step planned for ``wanda-plan-<s>`` from the Wanda proxy atlas."""
+    from core.plan.cache import load_atlas
+    from core.plan.menu import Budget
+    from core.plan.planner import Planner, step_params
+
+    atlas = load_atlas(cache, rows["atlas-wanda-proxy"]["key"])
+    plan = Planner(atlas, "proxy").plan(Budget("sparsity", int(name.rsplit("-", 1)[1]) / 100))
+    return {"prune": step_params(plan, "prune", {"method": "wanda"}, atlas.key, "proxy")}
+
+
 def recipe_of(name: str, model_dir: str, windows: int, rows: dict, cache: Path) -> dict:
-    step = planned_step(name, rows, cache) if name in PLAN_JOBS else fixed_jobs()[name]
+    if name in SPARSITY_PLAN_JOBS:
+        step = planned_sparsity_step(name, rows, cache)
+    else:
+        step = planned_step(name, rows, cache) if name in PLAN_JOBS else fixed_jobs()[name]
     return recipe_for(model_dir, [step] if step else None, latency=False, windows=windows)
 
 
@@ -195,18 +214,33 @@ def plan_prediction(row: dict) -> dict | None:
     return planned["predicted"] if planned else None
 
 
-def atlas_table(rows: dict) -> str:
-    lines = ["| atlas | held-out windows x tokens | statistics s | solves s | measuring s | total s | Spearman proxy "
-             "vs KL (all cells / per option, mean) |", "|---|---|---|---|---|---|---|"]
+def cross_spearman(rows: dict, method: str, cache: Path) -> dict | None:
+    """Rank agreement of the proxy atlas's costs with the measured atlas's KL (the same layers, options, windows)."""
+    from core.plan.atlas import _rank_agreement
+    from core.plan.cache import load_atlas
+
+    proxy, measured = rows.get(f"atlas-{method}-proxy"), rows.get(f"atlas-{method}-measured")
+    if not proxy or not measured:
+        return None
+    a, b = load_atlas(proxy["cache"], proxy["key"]), load_atlas(measured.get("cache", cache), measured["key"])
+    return _rank_agreement(a.proxy, b.kl) if a is not None and b is not None else None
+
+
+def atlas_table(rows: dict, cache: Path) -> str:
+    lines = ["| atlas | held-out windows x tokens | gradients s | statistics s | solves s | measuring s | total s | "
+             "Spearman proxy vs KL (all cells / per option, mean) |", "|---|---|---|---|---|---|---|---|"]
     for name in ATLAS_JOBS:
         row = rows.get(name)
         if not row:
             continue
         t, rho = row["timings"], row.get("spearman")
+        if rho is None and name.endswith("-proxy"):
+            rho = cross_spearman(rows, name.split("-")[1], cache)
         rank = f"{rho['all']:.3f} / {rho['per_option_mean']:.3f}" if rho else "-"
         tokens = row.get("heldout_tokens") or 512
-        lines.append(f"| {name} | {row['heldout']} x {tokens} | {t['statistics_s']:.0f} | {t['solve_s']:.0f} | "
-                     f"{t['measure_s']:.0f} | {t['total_s']:.0f} | {rank} |")
+        lines.append(f"| {name} | {row['heldout']} x {tokens} | {t.get('gradients_s', 0):.0f} | "
+                     f"{t['statistics_s']:.0f} | {t['solve_s']:.0f} | {t['measure_s']:.0f} | {t['total_s']:.0f} | "
+                     f"{rank} |")
     return "\n".join(lines)
 
 
@@ -291,11 +325,11 @@ def slider_timing(rows: dict, cache: Path) -> str:
             f"{statistics.median(figure_ms):.1f} ms (median of 50 budgets)")
 
 
-def tables(rows: dict, windows: int) -> str:
+def tables(rows: dict, windows: int, cache: Path) -> str:
     base = (rows.get("fp32") or {}).get("perplexity")
-    owl = [f"{m}{o}-{s}" for s in SPARSITIES for m in ("wanda", "sparsegpt") for o in ("", "-owl")] + \
-        [f"llmc-sparsegpt-owl-{s}" for s in SPARSITIES]
-    return "\n\n".join([protocol_line(windows), f"fp32: {ppl(rows.get('fp32'))}", atlas_table(rows),
+    owl = [f"{m}{o}-{s}" for s in SPARSITIES for m in ("wanda", "sparsegpt") for o in ("", "-owl", "-plan")
+           if f"{m}{o}-{s}" in rows] + [f"llmc-sparsegpt-owl-{s}" for s in SPARSITIES]
+    return "\n\n".join([protocol_line(windows), f"fp32: {ppl(rows.get('fp32'))}", atlas_table(rows, cache),
                         comparison_table(rows, base), prediction_table(rows, base),
                         simple_table(rows, ["rtn-w4", "gptq-w4", "awq-w4", "awq-gptq-w4", "llmc-awq-w4"]),
                         simple_table(rows, owl)])
@@ -303,7 +337,7 @@ def tables(rows: dict, windows: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    order = ["fp32", *ATLAS_JOBS, *fixed_jobs(), *PLAN_JOBS, *PEER_JOBS]
+    order = ["fp32", *ATLAS_JOBS, *fixed_jobs(), *PLAN_JOBS, *SPARSITY_PLAN_JOBS, *PEER_JOBS]
     parser.add_argument("--jobs", nargs="*", default=list(dict.fromkeys(order)))
     parser.add_argument("--windows", type=int, default=64)
     parser.add_argument("--heldout", type=int, default=2, help="held-out calibration windows of a measured atlas")
@@ -313,7 +347,7 @@ def main() -> None:
     parser.add_argument("--tables", action="store_true", help="only print the tables of the rows in --out")
     args = parser.parse_args()
     rows = load_rows(args.out) if args.tables else run_all(args)
-    print(tables(rows, args.windows))
+    print(tables(rows, args.windows, args.cache))
     print(slider_timing(rows, args.cache))
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.calibration.gradients import output_gradient_squares
 from core.calibration.spec import CalibrationSpec
 from core.calibration.tail import logits_from_block
 from core.calibration.walk import capture_block_inputs
@@ -20,7 +21,7 @@ from core.plan.build import build_atlas
 from core.plan.cache import list_atlases
 from core.plan.compress import compressed_weight
 from core.plan.menu import prune_menu, quantize_menu
-from core.plan.proxy import diagonal_cost, output_error, spearman
+from core.plan.proxy import diagonal_cost, fisher_cost, output_error, spearman
 from core.plan.request import AtlasRequest, atlas_for
 from tests.helpers import tiny_tokenizer
 
@@ -86,6 +87,37 @@ def test_the_proxy_is_the_layers_output_error():
         output_error(w, approx, torch.diag(torch.diagonal(hessian))))
 
 
+def test_output_gradients_are_the_losss_gradient_on_each_output(tiny):
+    model, ids = copy.deepcopy(tiny["llama"]), windows(2)
+    layer = model.model.layers[1].mlp.down_proj
+    found = output_gradient_squares(model, [layer], ids, "test")[0]
+    assert all(p.grad is None for p in model.parameters())  # gradients of the outputs only
+    kept = []
+
+    def keep(_module, _args, out) -> None:  # noqa: ANN001
+        out.retain_grad()
+        kept.append(out)
+
+    handle = layer.register_forward_hook(keep)
+    expected = torch.zeros(layer.out_features)
+    for row in range(2):
+        logits = model(input_ids=ids[row : row + 1], use_cache=False).logits
+        torch.nn.functional.cross_entropy(logits[0, :-1], ids[row, 1:], reduction="sum").backward()
+        expected += kept[-1].grad[0].square().sum(dim=0)
+    handle.remove()
+    assert torch.allclose(found, expected / (2 * ids.shape[1]), rtol=1e-4, atol=1e-12)
+
+
+def test_the_gradient_weighted_proxy_is_a_weighted_output_error():
+    generator = torch.Generator().manual_seed(3)
+    x, w = torch.randn(100, 8, generator=generator), torch.randn(4, 8, generator=generator)
+    approx, hessian = w.round(), 2 * x.T @ x / 100
+    assert fisher_cost(w, approx, hessian, torch.full((4,), 2.0)) == pytest.approx(output_error(w, approx, hessian))
+    rows = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    delta = w - approx
+    assert fisher_cost(w, approx, hessian, rows) == pytest.approx(float(delta[0] @ hessian @ delta[0]) / 4, rel=1e-5)
+
+
 def test_spearman_of_ranks():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -111,7 +143,8 @@ def test_an_atlas_reports_progress_and_stops_on_cancel(tiny):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     seen = []
     build_atlas(model, "tiny", MENU, windows(2), windows(1), False, on_progress=lambda s, f: seen.append((s, f)))
-    assert seen[-1][1] == 1.0 and seen[0][0].startswith("atlas (proxy): model.layers.0")
+    assert seen[-1][1] == 1.0 and seen[0][0] == "atlas: gradients"
+    assert any(stage.startswith("atlas (proxy): model.layers.0") for stage, _ in seen)
     calls = iter(range(100))
     with pytest.raises(CancelledError, match="nothing was cached"):
         build_atlas(model, "tiny", MENU, windows(2), windows(1), True, cancel=lambda: next(calls) >= 3)

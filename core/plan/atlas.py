@@ -4,7 +4,9 @@ Two kinds of cost, both per (layer, option):
 
 * **measured** - KL(base || model) per token and delta NLL, on held-out calibration windows, with only
   that layer changed (``core.plan.build``);
-* **proxy** - the layer's output error ``tr(dW H dW^T) / 2`` from calibration statistics (``core.plan.proxy``).
+* **proxy** - the layer's output error from calibration statistics, each output channel weighted by the
+  loss's mean squared gradient on it (``core.plan.proxy.fisher_cost``); the unweighted output error
+  ``tr(dW H dW^T) / 2`` is kept beside it (``output_error``) for comparison.
 
 A plan minimizes the sum of its layers' costs. To turn a sum into a perplexity, the atlas also scores
 every *uniform* choice (all layers at option k) on the held-out windows: ``delta NLL_k`` against
@@ -25,7 +27,7 @@ from core.plan.menu import Menu, menu_from_mapping
 from core.plan.proxy import spearman
 from core.plan.sizes import LayerShape
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the proxy is gradient-weighted (1: the unweighted output error)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Atlas:
     settings: dict[str, Any] = field(default_factory=dict)  # calibration, held-out windows, seqlen, include ...
     timings: dict[str, float] = field(default_factory=dict)  # seconds: statistics + solves, measuring, total
     key: str = ""
+    output_error: np.ndarray | None = None  # the unweighted output error per (layer, option)
 
     @property
     def measured(self) -> bool:
@@ -95,10 +98,11 @@ class Atlas:
         """Rank correlation of the proxy with the measured KL: over every cell, and per option across layers."""
         if self.kl is None:
             return None
-        per_option = [spearman(self.proxy[:, k], self.kl[:, k]) for k in range(self.proxy.shape[1])]
-        finite = [value for value in per_option if math.isfinite(value)]
-        return {"all": spearman(self.proxy, self.kl), "per_option_mean": float(np.mean(finite)) if finite else math.nan,
-                "per_option": per_option}
+        found = _rank_agreement(self.proxy, self.kl)
+        if self.output_error is not None:
+            unweighted = _rank_agreement(self.output_error, self.kl)
+            found.update(output_error_all=unweighted["all"], output_error_per_option_mean=unweighted["per_option_mean"])
+        return found
 
     def restricted(self, options: list[int]) -> Atlas:
         """The same atlas over a subset of its menu's options (indices, in menu order): a plan that may
@@ -110,7 +114,7 @@ class Atlas:
         return Atlas(self.model, menu, self.layers, columns(self.proxy), columns(self.kl), columns(self.nll),
                      [self.uniform_nll[k] for k in options], [self.uniform_kl[k] for k in options], self.base_nll,
                      self.fixed_bytes, self.element_size, dict(self.settings), dict(self.timings),
-                     f"{self.key}:{'-'.join(map(str, options))}")
+                     f"{self.key}:{'-'.join(map(str, options))}", columns(self.output_error))
 
     def to_dict(self) -> dict[str, Any]:
         def rows(a: np.ndarray | None) -> list | None:
@@ -121,7 +125,7 @@ class Atlas:
                 "proxy": rows(self.proxy), "kl": rows(self.kl), "nll": rows(self.nll),
                 "uniform_nll": self.uniform_nll, "uniform_kl": self.uniform_kl, "base_nll": self.base_nll,
                 "fixed_bytes": self.fixed_bytes, "element_size": self.element_size, "settings": self.settings,
-                "timings": self.timings, "key": self.key}
+                "timings": self.timings, "key": self.key, "output_error": rows(self.output_error)}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Atlas:
@@ -134,4 +138,13 @@ class Atlas:
                    uniform_nll=list(raw["uniform_nll"]), uniform_kl=list(raw["uniform_kl"]),
                    base_nll=float(raw["base_nll"]), fixed_bytes=int(raw["fixed_bytes"]),
                    element_size=int(raw["element_size"]), settings=dict(raw.get("settings") or {}),
-                   timings=dict(raw.get("timings") or {}), key=raw.get("key", ""))
+                   timings=dict(raw.get("timings") or {}), key=raw.get("key", ""),
+                   output_error=array(raw.get("output_error")))
+
+
+def _rank_agreement(proxy: np.ndarray, kl: np.ndarray) -> dict:
+    """Spearman of ``proxy`` with ``kl``: over every cell, and per option across layers (and their mean)."""
+    per_option = [spearman(proxy[:, k], kl[:, k]) for k in range(proxy.shape[1])]
+    finite = [value for value in per_option if math.isfinite(value)]
+    return {"all": spearman(proxy, kl), "per_option_mean": float(np.mean(finite)) if finite else math.nan,
+            "per_option": per_option}

@@ -3,8 +3,10 @@
 The walk follows ``core.calibration.walk``: the calibration windows' hidden states enter each block
 (dense: nothing is compressed on the way), one pass gathers the block's input statistics, and each
 layer is solved under every option of the menu (``core.plan.compress``). The proxy cost comes from
-those statistics. In measured mode each solution is written into the layer, the model runs from that
-block on over the held-out windows (``core.calibration.tail``), and ``core.evaluate.quality.score_batch``
+those statistics and, before the walk, the loss's gradient on every layer's output over the first
+``GRADIENT_WINDOWS`` calibration windows (``core.calibration.gradients``): ``core.plan.proxy.fisher_cost``.
+In measured mode each solution is written into the layer, the model runs from that block on over the
+held-out windows (``core.calibration.tail``), and ``core.evaluate.quality.score_batch``
 gives delta NLL and KL(base || model) against the base logits; then the layer gets its weight back.
 Beside the dense hidden states, one stream per option runs through blocks with *every* layer at that
 option: at the end they give the uniform choices' delta NLL that calibrate predictions
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.calibration.gradients import output_gradient_squares
 from core.calibration.tail import logits_from_block
 from core.calibration.walk import BlockInput, capture_block_inputs, collect_statistics
 from core.evaluate.quality import score_batch
@@ -27,9 +30,11 @@ from core.layers import decoder_blocks, linear_layers, model_device, weight_matr
 from core.plan.atlas import Atlas
 from core.plan.compress import compressed_weight
 from core.plan.menu import Menu
-from core.plan.proxy import output_error
+from core.plan.proxy import fisher_cost, output_error
 from core.plan.sizes import LayerShape, element_size, fixed_bytes
 from core.progress import CancelFn, ProgressFn, check_cancel, report
+
+GRADIENT_WINDOWS = 8  # calibration windows whose loss gradients weight the proxy (a backward pass each)
 
 
 @dataclass
@@ -70,12 +75,15 @@ class _Walk:
     calibration_inputs: list[BlockInput]
     heldout_inputs: list[BlockInput]
     uniform_inputs: list[list[BlockInput]]  # per option: the held-out windows through blocks all at that option
+    grad_sq: dict[str, torch.Tensor] = field(default_factory=dict)  # per layer: E[(dNLL/dy_i)^2] [out]
     proxy: list[list[float]] = field(default_factory=list)
+    output_error: list[list[float]] = field(default_factory=list)
     kl: list[list[float]] = field(default_factory=list)
     nll: list[list[float]] = field(default_factory=list)
     uniform_nll: list[float] = field(default_factory=list)
     uniform_kl: list[float] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=lambda: {"statistics_s": 0.0, "solve_s": 0.0, "measure_s": 0.0})
+    timings: dict[str, float] = field(default_factory=lambda: {"gradients_s": 0.0, "statistics_s": 0.0, "solve_s": 0.0,
+                                                               "measure_s": 0.0})
 
 
 def _timed(walk: _Walk, what: str, started: float) -> None:
@@ -95,7 +103,9 @@ def _solve_block(walk: _Walk, index: int, layers: list[tuple[str, nn.Module]], d
         original = weight.detach().clone()
         started = time.perf_counter()
         variants = [compressed_weight(original, option, walk.menu.method, stats[name]) for option in walk.menu.options]
-        walk.proxy.append([output_error(original.float(), v, stats[name].hessian) for v in variants])
+        hessian = stats[name].hessian
+        walk.output_error.append([output_error(original.float(), v, hessian) for v in variants])
+        walk.proxy.append([fisher_cost(original.float(), v, hessian, walk.grad_sq[name]) for v in variants])
         _timed(walk, "solve_s", started)
         if walk.measured:
             started = time.perf_counter()
@@ -142,6 +152,16 @@ def _advance_uniform(walk: _Walk, index: int, layers: list[tuple[str, nn.Module]
     _timed(walk, "measure_s", started)
 
 
+def _gradients(model: nn.Module, plan: list[list[tuple[str, nn.Module]]], ids: torch.Tensor, walk: _Walk,
+               on_progress: ProgressFn | None, cancel: CancelFn | None) -> dict[str, torch.Tensor]:
+    """E[(dNLL/dy)^2] per output feature of every planned layer (timed as the walk's ``gradients_s``)."""
+    started = time.perf_counter()
+    named = [(name, module) for block in plan for name, module in block]
+    found = output_gradient_squares(model, [module for _, module in named], ids, "atlas", on_progress, cancel)
+    _timed(walk, "gradients_s", started)
+    return {name: squares for (name, _), squares in zip(named, found, strict=True)}
+
+
 @torch.no_grad()
 def build_atlas(model: nn.Module, model_ref: str, menu: Menu, calibration: torch.Tensor, heldout: torch.Tensor,
                 measured: bool, include: tuple[str, ...] = ("*",), exclude: tuple[str, ...] = (),
@@ -164,6 +184,7 @@ def build_atlas(model: nn.Module, model_ref: str, menu: Menu, calibration: torch
         heldout_inputs = capture_block_inputs(model, heldout)
         walk = _Walk(model, menu, measured, heldout_data, capture_block_inputs(model, calibration), heldout_inputs,
                      [list(heldout_inputs) for _ in menu.options])
+        walk.grad_sq = _gradients(model, plan, calibration[:GRADIENT_WINDOWS], walk, on_progress, cancel)
         done = 0
         for index, block in enumerate(blocks[: last + 1]):
             if plan[index]:
@@ -182,5 +203,6 @@ def build_atlas(model: nn.Module, model_ref: str, menu: Menu, calibration: torch
                  np.array(walk.nll) if measured else None, walk.uniform_nll, walk.uniform_kl, heldout_data.base_nll,
                  fixed_bytes(model, [layer.name for layer in layers]), element_size(model),
                  settings={"include": list(include), "exclude": list(exclude), "heldout": int(heldout.shape[0]),
-                           "seqlen": int(heldout.shape[1]), "calibration_windows": int(calibration.shape[0])},
-                 timings=timings)
+                           "seqlen": int(heldout.shape[1]), "calibration_windows": int(calibration.shape[0]),
+                           "gradient_windows": min(GRADIENT_WINDOWS, int(calibration.shape[0]))},
+                 timings=timings, output_error=np.array(walk.output_error))

@@ -105,7 +105,7 @@ class Planner:
         weight, capacity = self.capacity(budget)
         table = self.table(weight)
         if not table.feasible(capacity):
-            raise SpecError(self._too_small(budget, table.base))
+            raise SpecError(too_small_message(budget, self.bytes, self.nonzero, self.atlas.fixed_bytes))
         return self._plan(budget, table.solve(capacity).choice, table.exact)
 
     def _plan_for_perplexity(self, budget: Budget) -> Plan:
@@ -119,9 +119,6 @@ class Planner:
             raise SpecError(f"max_ppl {budget.value:g} is below what this menu can reach: its best plan predicts "
                             f"{best.perplexity:.3f}; give a larger one or add wider options")
         return self._plan(budget, found.choice, table.exact)
-
-    def _too_small(self, budget: Budget, base: int) -> str:
-        return too_small_message(budget, self.bytes, self.nonzero, self.atlas.fixed_bytes)
 
     def _plan(self, budget: Budget, choice: tuple[int, ...], exact: bool) -> Plan:
         rows = np.arange(len(choice))

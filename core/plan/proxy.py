@@ -1,10 +1,17 @@
 """The proxy cost of one compressed matrix from calibration statistics: pure functions on tensors.
 
 With ``H = 2/N X^T X`` (``HessianAccumulator.hessian``) the layer's output error over the calibration
-tokens is ``||X dW^T||^2 / N = tr(dW H dW^T) / 2`` for ``dW = W - W'``: the second-order term of the
-layer's reconstruction loss that OBS, GPTQ and SparseGPT minimize, and HAWQ's weighting of a layer's
-perturbation by curvature. ``diagonal_cost`` keeps only H's diagonal (``sum_ij H_jj dW_ij^2``), which
-ignores how input channels correlate and so overstates what GPTQ's correlated corrections cost.
+tokens is ``||X dW^T||^2 / N = tr(dW H dW^T) / 2`` for ``dW = W - W'`` (``output_error``): the
+second-order term of the layer's reconstruction loss that OBS, GPTQ and SparseGPT minimize.
+``diagonal_cost`` keeps only H's diagonal (``sum_ij H_jj dW_ij^2``), which ignores how input channels
+correlate and so overstates what GPTQ's correlated corrections cost.
+
+An output error in one layer does not cost the loss what the same error costs in another, so the proxy a
+plan uses (``fisher_cost``) weights each output channel's error by how much the loss minds that channel:
+``1/4 sum_i E[g_i^2] (dW H dW^T)_ii`` with ``g = dNLL/dy`` (``core.calibration.gradients``), the second-order
+loss change under a diagonal empirical Fisher, in nats per token. On the sample teacher (RTN, 2-4 bits)
+it ranks layers as the measured KL does (Spearman 0.92-0.95 per option), where the unweighted output
+error does not rank them at all (about 0).
 """
 
 from __future__ import annotations
@@ -16,6 +23,14 @@ def output_error(weight: torch.Tensor, approx: torch.Tensor, hessian: torch.Tens
     """tr(dW H dW^T) / 2 for dW = weight - approx [out, in] and hessian [in, in] (float64 sums)."""
     delta = weight.detach().double() - approx.detach().double()
     return float(((delta @ hessian.double()) * delta).sum()) / 2
+
+
+def fisher_cost(weight: torch.Tensor, approx: torch.Tensor, hessian: torch.Tensor, grad_sq: torch.Tensor) -> float:
+    """1/4 sum_i E[g_i^2] (dW H dW^T)_ii: the output error of each row weighted by the loss's gradient
+    second moment on that output (``grad_sq`` [out]); an estimate of delta NLL per token."""
+    delta = weight.detach().double() - approx.detach().double()
+    per_row = ((delta @ hessian.double()) * delta).sum(dim=1)
+    return float((per_row * grad_sq.to(per_row.device, torch.float64)).sum()) / 4
 
 
 def diagonal_cost(weight: torch.Tensor, approx: torch.Tensor, hessian: torch.Tensor) -> float:
