@@ -3,6 +3,7 @@ mixes, predicted against measured perplexity, AWQ against RTN / GPTQ / llm-compr
 
     python bench/plan_bench.py                                  # every job below, then the tables
     python bench/plan_bench.py --jobs atlas-rtn-measured rtn-plan-3.5 rtn-attn-34 --tables
+    python bench/plan_bench.py --page                           # the Plan page's slider, server side
 
 Protocol cpu-small as in ``bench/common.py`` (calibration 64 x 512 WikiText-2 valid, seed 0; evaluation
 WikiText-2 test, seqlen 512, first 64 windows; 2 threads; each job in its own process). Quantization is
@@ -335,6 +336,39 @@ def tables(rows: dict, windows: int, cache: Path) -> str:
                         simple_table(rows, owl)])
 
 
+def page_timing(runs: int) -> str:
+    """Wall time of the Plan page's script run after each move of the budget slider (AppTest, the sample
+    teacher, a proxy atlas of RTN {2, 3, 4} bits g32 built first; warm caches, the first two moves not timed)."""
+    import os
+    import statistics
+
+    from streamlit.testing.v1 import AppTest
+
+    from bench.ui_bench import APP, BUDGET_MS, percentile, timed_run
+    from ui import jobs
+
+    os.environ["SQUEEZELAB_RESULTS_DIR"] = tempfile.mkdtemp(prefix="plan-page-bench-")
+    app = AppTest.from_file(APP, default_timeout=300).run()
+    app.switch_page("pages/plan.py").run()
+    app.multiselect(key="plan_bits").set_value([2, 3, 4])
+    app.selectbox(key="plan_calib_text").select("default")
+    app.number_input(key="plan_calib_samples").set_value(16)
+    app.number_input(key="plan_calib_seqlen").set_value(128)
+    next(b for b in app.run().button if b.label == "Build the atlas").click().run()
+    jobs.worker().wait(app.query_params["job"], 600)
+    app.run()
+    load_before, timings = os.getloadavg()[0], []
+    slider = app.slider(key="plan_value_avg_bits")
+    for index in range(runs + 2):
+        slider.set_value(slider.min + (slider.max - slider.min) * ((index * 7) % 50) / 49)
+        timings.append(timed_run(app))
+    timings = timings[2:]
+    p50, p90 = statistics.median(timings), percentile(timings, 90)
+    return (f"Plan page, sample:teacher, move the budget slider: p50 {p50:.0f} ms, p90 {p90:.0f} ms, max "
+            f"{max(timings):.0f} ms over {runs} moves ({'within' if p90 <= BUDGET_MS else 'OVER'} {BUDGET_MS:.0f} ms "
+            f"p90); machine load {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     order = ["fp32", *ATLAS_JOBS, *fixed_jobs(), *PLAN_JOBS, *SPARSITY_PLAN_JOBS, *PEER_JOBS]
@@ -345,7 +379,11 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "squeezelab-plan-bench-cache")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "squeezelab-plan-bench.json")
     parser.add_argument("--tables", action="store_true", help="only print the tables of the rows in --out")
+    parser.add_argument("--page", action="store_true", help="only time the Plan page's slider (server side)")
     args = parser.parse_args()
+    if args.page:
+        print(page_timing(30))
+        return
     rows = load_rows(args.out) if args.tables else run_all(args)
     print(tables(rows, args.windows, args.cache))
     print(slider_timing(rows, args.cache))
