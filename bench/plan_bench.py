@@ -11,8 +11,9 @@ symmetric with groups of 64 and ``kernel: dequant`` (perplexity of exactly the s
 bytes = the stored form), block linears only (the tied embedding stays fp32).
 
 * ``atlas-<method>-<mode>``: the atlas of menu {2, 3, 4} bits g64, measured (KL and delta NLL on
-  ``--heldout`` held-out calibration windows, one layer changed at a time) or proxy; measured atlases are
-  cached in ``--cache`` and planned jobs read them.
+  ``--heldout`` held-out calibration windows, one layer changed at a time) or proxy; measured atlases (and the
+  proxy atlases of ``PROXY_PLANNED`` methods) are cached in ``--cache`` and planned jobs read them: RTN plans
+  from the measured atlas, GPTQ and Wanda plans from the proxy one.
 * ``<method>-w<bits>``: uniform; ``<method>-ends-<lo><hi>``: the first and last 4 blocks at ``hi`` bits, the rest
   at ``lo``; ``<method>-attn-<lo><hi>``: attention at ``hi``, MLP at ``lo``; ``<method>-plan-<avg>``: planned at
   ``avg`` stored bits per weight from options {lo, hi} (``{3, 4}`` from 3.25 up, else ``{2, 3}``).
@@ -76,6 +77,8 @@ PEER_JOBS = {"llmc-awq-w4": {"kind": "awq", "bits": 4, "group_size": GROUP, "sym
 ATLAS_JOBS = [*(f"atlas-{m}-{mode}" for m in ("rtn", "gptq") for mode in ("measured", "proxy")), "atlas-wanda-proxy"]
 PLAN_JOBS = [f"{m}-plan-{b}" for m, budgets in PLAN_BUDGETS.items() for b in budgets]
 SPARSITY_PLAN_JOBS = [f"wanda-plan-{s}" for s in SPARSITIES]
+# methods planned from their proxy atlas (kept in --cache): a measured GPTQ atlas would take hours on 2 shared cores
+PROXY_PLANNED = ("gptq", "wanda")
 
 
 # ---- atlases (in a child process) ----
@@ -106,7 +109,8 @@ def atlas_child(payload: dict) -> dict:
 def run_atlas(name: str, model_dir: str, args: argparse.Namespace) -> dict:
     _, method, mode = name.split("-")
     # a proxy atlas is timed in a cache of its own (the measured one, which holds a proxy too, would answer it)
-    cache = str(args.cache) if mode == "measured" or method == "wanda" else tempfile.mkdtemp(prefix="squeezelab-atlas-")
+    shared = mode == "measured" or method in PROXY_PLANNED
+    cache = str(args.cache) if shared else tempfile.mkdtemp(prefix="squeezelab-atlas-")
     payload = {"model": model_dir, "method": method, "mode": mode, "heldout": args.heldout,
                "heldout_tokens": args.heldout_tokens, "cache": cache,
                "calibration": recipe_for(model_dir, None, False)["calibration"]}
@@ -124,12 +128,12 @@ def planned_step(name: str, rows: dict, cache: Path) -> dict:
 
     method, _, avg = name.split("-")
     avg_bits = float(avg)
-    key = rows[f"atlas-{method}-measured"]["key"]
-    atlas = load_atlas(cache, key)
+    mode = "proxy" if method in PROXY_PLANNED else "measured"
+    atlas = load_atlas(cache, rows[f"atlas-{method}-{mode}"]["key"])
     lo, hi = (3, 4) if avg_bits >= 3.25 else (2, 3)
     sub = atlas.restricted([MENU_BITS.index(lo), MENU_BITS.index(hi)])
-    plan = Planner(sub, "measured").plan(Budget("avg_bits", avg_bits, "measured"))
-    return {"quantize": step_params(plan, "quantize", quant(method, hi), sub.key, "measured")}
+    plan = Planner(sub, mode).plan(Budget("avg_bits", avg_bits, mode))
+    return {"quantize": step_params(plan, "quantize", quant(method, hi), sub.key, mode)}
 
 
 def planned_sparsity_step(name: str, rows: dict, cache: Path) -> dict:
