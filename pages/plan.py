@@ -146,5 +146,5 @@ request = AtlasRequest(selection.model, menu, mode, calibration, int(heldout))
 atlas = atlas_section(request)
 if atlas is not None:
     budget_section(atlas, request, calibration)
-jobs.job_panel()
+jobs.job_panel(extra=planning.prediction_note)
 history_section()

@@ -59,10 +59,12 @@ def test_the_plan_page_builds_an_atlas_plans_any_budget_and_runs_it(results_dir:
     assert "budget" not in step and step["planned"]["predicted"]["avg_bits"] <= (low_bits + high_bits) / 2 + 1e-3
     app.run()
     assert not app.exception and not app.error
+    assert any(m.value.startswith("**Predicted ") for m in app.markdown), "the run's panel: predicted and measured"
     table = app.dataframe[0].value  # the planned runs
     assert list(table["id"]) == [row.id]
     assert table["measured"][0] == pytest.approx(row.perplexity)
-    assert table["predicted"][0] == pytest.approx(row.base_perplexity * step["planned"]["predicted"]["perplexity_ratio"])
+    ratio = step["planned"]["predicted"]["perplexity_ratio"]
+    assert table["predicted"][0] == pytest.approx(row.base_perplexity * ratio)
 
 
 def test_an_impossible_budget_says_so(results_dir: Path) -> None:  # noqa: F811

@@ -110,6 +110,24 @@ def _prediction(row: ResultRow) -> dict | None:
     return None
 
 
+def prediction_note(job: jobs.Job) -> None:
+    """Inside a finished planned run's panel: the predicted perplexity beside the measured one."""
+    if job.status != "done" or job.result_id is None:
+        return
+    with shown("Cannot read the result"):
+        from ui.cache import store_at
+
+        row = store_at(job.results_dir).get(job.result_id)
+        predicted = _prediction(row)
+        if predicted is None or row.perplexity is None or not row.base_perplexity:
+            return
+        guess = row.base_perplexity * predicted["perplexity_ratio"]
+        error = (guess - row.perplexity) / row.perplexity
+        st.markdown(f"**Predicted {guess:.3f}, measured {row.perplexity:.3f}** ({error:+.1%}); predicted size "
+                    f"{predicted['size_bytes'] / 1e6:.3f} MB of weights as stored (the size above is the weights as "
+                    "held in memory, with each layer's kernel).")
+
+
 def prediction_figure(frame: pd.DataFrame) -> go.Figure:
     """Predicted against measured perplexity of the planned runs, with the line where they agree."""
     high = float(max(frame["predicted"].max(), frame["measured"].max())) * 1.05
