@@ -38,8 +38,8 @@ def get_base(selection: Selection) -> models.LoadedModel | None:
         try:
             return load_base(selection.model, selection.device, selection.dtype, **selection.load_options)
         except UnsafeModelError:
-            st.info("If you trust this model, tick the matching opt-in under *Model* in the sidebar "
-                    "(*Allow pickle weights* or *Trust remote code*).")
+            st.info("If you trust this model, tick the matching opt-in in the sidebar, under *Opt-ins: code from "
+                    "the model* (*Allow pickle weights* or *Trust remote code*).")
             raise
     return None
 

@@ -250,7 +250,7 @@ def job_panel(job_id: str | None = None, extra: Callable[[Job], None] | None = N
     if not job_id:
         return
     job = worker().get(job_id)
-    if job is not None and not _on_its_page(job):
+    if job is not None and not on_its_page(job):
         return
     if job is not None and job.status in ACTIVE:
         _live_panel(job_id, extra)
@@ -258,45 +258,9 @@ def job_panel(job_id: str | None = None, extra: Callable[[Job], None] | None = N
         _render(job_id, job, extra)
 
 
-def _on_its_page(job: Job) -> bool:
+def on_its_page(job: Job) -> bool:
     """Whether the page shown now is the one that started ``job`` (a job of no known page is shown anywhere)."""
     return not job.page or job.page == state.current_page()
-
-
-def _page_title(path: str) -> str:
-    return path.rsplit("/", 1)[-1].removesuffix(".py").capitalize()
-
-
-def job_indicator() -> None:
-    """The session's job, in a few lines with a link to its page, on every page but the one that started it."""
-    job_id = state.current_job_id()
-    job = worker().get(job_id) if job_id else None
-    if job is None or _on_its_page(job):
-        return
-    if job.status in ACTIVE:
-        _live_indicator(job.id)
-    else:
-        _indicator(job)
-
-
-@st.fragment(run_every=2.0)
-def _live_indicator(job_id: str) -> None:
-    job = worker().get(job_id)
-    if job is not None:
-        _indicator(job)
-    if job is None or job.status not in ACTIVE:
-        st.rerun()  # the whole page: stop polling
-
-
-def _indicator(job: Job) -> None:
-    with st.container(border=True):
-        st.caption(f"**Job {job.id}** · {job.label}")
-        if job.status == "running":
-            st.progress(job.fraction, text=job.stage)
-        else:
-            result = f" · result {job.result_id}" if job.result_id and job.status != "failed" else ""
-            st.caption(f"{job.status}{result}")
-        st.page_link(job.page, label=f"Follow it on the {_page_title(job.page)} page", icon=":material/open_in_new:")
 
 
 @st.fragment(run_every=1.0)

@@ -13,16 +13,17 @@ import torch
 
 from core import models
 from core.store import default_results_dir
-from ui import jobs, sources
+from ui import sources
 from ui.cache import recent_models
 from ui.errors import shown
+from ui.job_indicator import job_indicator
 from ui.state import Selection, set_selection
 
 OTHER = "__other__"
 DTYPE_OPTIONS = ("auto", "fp32", "fp16", "bf16")
 URL = {"bind": "query-params"}  # the widget's value is kept in the URL, under its key
 OPT_INS = {  # widget key -> (label, the one-line warning beside it)
-    "allow_pickle": ("Allow pickle weights (pytorch_model.bin)", "unpickling can run code"),
+    "allow_pickle": ("Allow pickle weights (.bin)", "unpickling can run code"),
     "trust_remote_code": ("Trust remote code", "runs code from the model's repository"),
 }
 _OPT_INS_MODEL = "squeezelab_opt_ins_model"  # the model the opt-ins were given for
@@ -49,21 +50,23 @@ def render() -> Selection:
                           latency=latency, **opt_ins)
     set_selection(selection)
     with st.sidebar:
-        jobs.job_indicator()
+        job_indicator()
     return selection
 
 
 def _opt_in_boxes(model: str) -> dict[str, bool]:
-    """A checkbox per opt-in, each with its warning; both cleared whenever the model changes."""
+    """A checkbox per opt-in, each with its warning, in an expander that is open while one is ticked; both are
+    cleared whenever the model changes."""
     if st.session_state.get(_OPT_INS_MODEL) != model:
         for key in OPT_INS:
             st.session_state[key] = False
         st.session_state[_OPT_INS_MODEL] = model
     chosen = {}
-    for key, (label, warning) in OPT_INS.items():
-        chosen[key] = st.checkbox(label, key=key, help="Off by default; tick it only for a model whose source you "
-                                                       "trust. The run's recipe records it.")
-        st.caption(f":warning: {warning[0].upper()}{warning[1:]}.")
+    with st.expander("Opt-ins: code from the model", expanded=any(st.session_state.get(key) for key in OPT_INS)):
+        for key, (label, warning) in OPT_INS.items():
+            chosen[key] = st.checkbox(label, key=key, help="Off by default; tick it only for a model whose source "
+                                                           "you trust. The run's recipe records it.")
+            st.caption(f":warning: {warning[0].upper()}{warning[1:]}.")
     return chosen
 
 
