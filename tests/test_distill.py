@@ -403,6 +403,25 @@ def test_cancel_stops_at_the_next_step_and_keeps_the_best_so_far(teacher, train_
     assert "kept the weights of step" in report.notes[0]
 
 
+def test_a_cancel_measures_the_steps_trained_since_the_last_evaluation(teacher, train_ids):
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 3  # three steps run, none of them evaluated (eval_every 10)
+
+    spec = DistillSpec(student="layer_drop", **{**TINY, "steps": 10, "eval_every": 10})
+    copy, _ = build_student_(models.clone(teacher.model), spec)
+    windows = heldout(teacher, 2, 64)
+    report = distill_(copy, teacher.model, spec, train_ids, windows, cancel=cancel)
+    assert report.stopped == "cancelled" and report.steps_done == 3 and len(report.curve) == 5
+    last = report.curve[-1]  # an evaluation-only record of the weights trained so far
+    assert last["step"] == 3 and last["loss"] is None and last["eval_perplexity"] == report.last_perplexity
+    assert report.best_perplexity == min(report.initial_perplexity, report.last_perplexity)
+    assert report.best_step == (3 if report.last_perplexity < report.initial_perplexity else 0)
+    assert evaluate_quality(copy, windows).perplexity == pytest.approx(report.best_perplexity, rel=1e-6)
+
+
 def test_the_time_budget_ends_training_after_the_step_that_crosses_it(teacher, train_ids):
     spec = DistillSpec(student="layer_drop", max_minutes=1e-6, **TINY)
     copy, _ = build_student_(models.clone(teacher.model), spec)

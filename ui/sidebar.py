@@ -32,6 +32,7 @@ _OPT_INS_MODEL = "squeezelab_opt_ins_model"  # the model the opt-ins were given 
 def render() -> Selection:
     """Draw the pickers, remember the selection for the pages, and return it."""
     with st.sidebar:
+        job_indicator()  # the session's job, when it belongs to another page: first, where it is seen
         st.subheader("Model")
         model = _model_picker()
         opt_ins = _opt_in_boxes(model)
@@ -49,8 +50,6 @@ def render() -> Selection:
                           seqlen=int(seqlen) if seqlen else None, max_windows=int(windows) or None,
                           latency=latency, **opt_ins)
     set_selection(selection)
-    with st.sidebar:
-        job_indicator()
     return selection
 
 
