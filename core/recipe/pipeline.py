@@ -82,12 +82,9 @@ def run(
     ``base`` lets a caller that already holds the loaded model (the app's cache) skip loading; it is
     never modified: steps run on a deep copy, and a distill step uses it as its (frozen) teacher.
     ``on_step`` receives every training step's record (loss terms, learning rate, perplexity) live.
-
-    ``cancel()`` stops the run: most work raises ``CancelledError`` at its next check (the row is marked
-    cancelled, without metrics). A step that can stop gracefully (distillation, a recovery fine-tune) keeps
-    its work instead; then the later steps are skipped, the model is evaluated as it stands, nothing is
-    exported, and the row is stored with its metrics and status "cancelled". ``abort()`` (a second cancel)
-    may stop that last evaluation too; without it, the evaluation runs to its end.
+    ``cancel()`` stops the run with ``CancelledError`` (a cancelled row, no metrics), unless a step stops
+    gracefully (distillation, a recovery fine-tune): then later steps are skipped, the model is evaluated as
+    it stands (``abort()``, a second cancel, may stop that too), not exported, and stored as "cancelled".
     """
     # What can be checked without loading fails before any row is written.
     resolve(recipe.model)
@@ -109,10 +106,8 @@ def run(
         reference = loaded.model if recipe.steps and recipe.evaluation.compare_to_base else None
         measured = measure(model, loaded, recipe.evaluation, base=reference, on_progress=on_progress,
                            cancel=abort if stopped else cancel)
-        fields, details = _row(recipe, loaded, model, measured, reports, context.notes)
-        if stopped and export_spec is not None:
-            context.notes.append("not exported: the run was cancelled")
-        elif export_spec is not None:
+        fields, details = _row(recipe, loaded, model, measured, reports, context.notes, stopped)
+        if export_spec is not None and not stopped:
             exported = export_step(model, loaded, recipe, export_spec, measured, store, run_id,
                                    {**fields, "details": details}, on_progress, cancel)
             # the row's size is the artifact on disk (DESIGN.md); what the weights took in memory stays in details
@@ -125,8 +120,10 @@ def run(
 
 
 def _row(recipe: Recipe, loaded: LoadedModel, model: torch.nn.Module, measured: Measurement, reports: list[dict],
-         notes: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+         notes: list[str], cancelled: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the result row's metric fields, its details) of a measured run."""
+    if cancelled and recipe.export:
+        notes.append("not exported: the run was cancelled")
     base_perplexity = measured.quality.perplexity if not recipe.steps else measured.quality.base_perplexity
     fields = {"base_perplexity": base_perplexity, "kernel": kernel_label(model, measured.size),
               "device": str(loaded.device), **measured.row_fields()}
