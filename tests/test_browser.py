@@ -6,6 +6,9 @@ skips them with the reason otherwise; never `playwright install`. One Streamlit 
 tests run in file order: the slider preview, a prune job on the sample teacher and its point on
 Trade-offs, the Export download, then every page with its screenshot in docs/screenshots/ (which
 the README shows). About two minutes on two CPU cores.
+
+Every request the page makes is recorded: a test fails when the page asked any host but the app's own
+server (127.0.0.1:<port>), since an offline user would see that request fail.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 import urllib.request
 import zipfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -72,14 +76,41 @@ def app_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def requested() -> list[str]:
+    """Every URL the browser asked for (documents, scripts, fonts, images, fetches, web sockets), in order."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def page(app_url, requested):
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (the dev extra)")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        context.on("request", lambda request: requested.append(request.url))  # every tab, every frame
+        tab = context.new_page()
+        tab.on("websocket", lambda socket: requested.append(socket.url))
         tab.set_default_timeout(RUN_TIMEOUT_MS)
         yield tab
         browser.close()
+
+
+def foreign(urls: list[str], app_url: str) -> list[str]:
+    """The URLs of ``urls`` that leave this machine's app server (inline data: and blob: URLs never do)."""
+    own = urlparse(app_url).netloc
+    return [url for url in urls if urlparse(url).scheme not in ("data", "blob") and urlparse(url).netloc != own]
+
+
+@pytest.fixture(autouse=True)
+def nothing_but_the_apps_server(request, app_url):
+    """After each test: the page asked no host but the app's own (an offline user would see a failed request)."""
+    if "page" not in request.fixturenames:
+        yield
+        return
+    seen = request.getfixturevalue("requested")
+    before = len(seen)
+    yield
+    assert foreign(seen[before:], app_url) == [], "the page requested hosts other than the app's own server"
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +203,10 @@ def test_a_prune_job_finishes_and_shows_on_tradeoffs(page, app_url, finished_job
     _set_number(page, "Windows (0 = every window)", 2)
     page.get_by_text("Measure speed (prefill, decode, peak memory)").click()
     _settle(page)
+    for kept in ("eval_seqlen=64", "eval_windows=2", "eval_latency=false"):  # the URL keeps the sidebar's settings
+        assert kept in page.url, page.url
+    _open(page, page.url)  # a reload: a new session on the same URL
+    assert page.get_by_label("Window length (seqlen)", exact=True).input_value() == "64"
     assert page.get_by_text("seqlen 64, at most 2 windows (sidebar settings)").is_visible()
 
     page.get_by_role("button", name="Run", exact=True).click()  # magnitude, target sparsity 50%: the defaults
@@ -241,3 +276,13 @@ def test_every_page_renders_and_is_photographed(page, app_url, name) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
+
+
+def test_the_page_asked_nothing_but_the_apps_own_server(page, app_url, requested) -> None:
+    """Over the whole session (every page, a job, a download): only 127.0.0.1:<port>, and the check can fail."""
+    assert any(urlparse(url).netloc == urlparse(app_url).netloc for url in requested)  # it recorded the session
+    assert any(url.startswith("ws") for url in requested)  # web sockets too
+    assert foreign(requested, app_url) == []
+    offline_breakers = ["https://fonts.gstatic.com/s/i/short-term/release/materialsymbolsrounded/memory/default/24px.svg",
+                        "http://127.0.0.1:1/", f"{app_url}/_stcore/health", "data:image/svg+xml,<svg/>"]
+    assert foreign(offline_breakers, app_url) == offline_breakers[:2]

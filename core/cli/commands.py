@@ -31,9 +31,20 @@ def _eval_spec(args: argparse.Namespace):
                     latency=not args.no_latency)
 
 
+def _opt_ins(args: argparse.Namespace) -> dict[str, bool]:
+    """``--allow-pickle`` / ``--trust-remote-code`` as recipe keys (off unless given)."""
+    return {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
+
+
+def with_opt_ins(recipe: Recipe, args: argparse.Namespace) -> Recipe:
+    """``recipe`` with the opt-ins the command line gives turned on (never off: a recipe's own stay)."""
+    turned_on = {name: getattr(recipe, name) or given for name, given in _opt_ins(args).items()}
+    return dataclasses.replace(recipe, **turned_on)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    return _run_recipe(Recipe(model=args.model, evaluation=_eval_spec(args), device=args.device, dtype=args.dtype),
-                       args)
+    return _run_recipe(Recipe(model=args.model, evaluation=_eval_spec(args), device=args.device, dtype=args.dtype,
+                              **_opt_ins(args)), args)
 
 
 def step_command(kind: str) -> Callable[[argparse.Namespace], int]:
@@ -44,14 +55,14 @@ def step_command(kind: str) -> Callable[[argparse.Namespace], int]:
         calibration = CalibrationSpec(text=args.calib_text, samples=args.calib_samples,
                                       seqlen=args.calib_seqlen) if step.CLI_CALIBRATION else CalibrationSpec()
         recipe = Recipe(model=args.model, steps=(Step(kind, step.params_from_cli(args)),), calibration=calibration,
-                        evaluation=_eval_spec(args), device=args.device, dtype=args.dtype)
+                        evaluation=_eval_spec(args), device=args.device, dtype=args.dtype, **_opt_ins(args))
         return _run_recipe(recipe, args)
 
     return command
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run_recipe(load_recipe(args.recipe), args)
+    return _run_recipe(with_opt_ins(load_recipe(args.recipe), args), args)
 
 
 def _run_recipe(recipe, args: argparse.Namespace) -> int:
@@ -81,7 +92,7 @@ def export_source_recipe(source: str, results_dir: Path | None):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    recipe = export_source_recipe(args.source, args.results_dir)
+    recipe = with_opt_ins(export_source_recipe(args.source, args.results_dir), args)
     recipe = dataclasses.replace(recipe, export=ExportSpec.from_dict(export_params(args)).as_dict())
     return _run_recipe(recipe, args)
 

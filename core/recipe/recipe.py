@@ -7,6 +7,8 @@ A recipe file (YAML or JSON) looks like::
     calibration: {text: default, samples: 128, seqlen: 512, seed: 0}
     evaluation: {text: default, seqlen: 512, max_windows: 64}
     export: {format: hf, path: out/model}   # optional: hf | compressed-tensors | gguf (core.export.spec)
+    allow_pickle: false             # opt in to weights stored only as pickle (unpickling can run code)
+    trust_remote_code: false        # opt in to a model that needs its repository's own Python code
 
 Every key but ``model`` has a default. Validation happens in ``__post_init__`` so a bad value is
 refused, with what was given and what is allowed, before any work starts.
@@ -22,11 +24,13 @@ from typing import Any
 import yaml
 
 from core.calibration.spec import CalibrationSpec
-from core.checks import check_keys, require, require_mapping
+from core.checks import check_keys, require, require_bool, require_mapping
 from core.errors import SpecError
 from core.evaluate.spec import EvalSpec
 from core.export.spec import ExportSpec
 from core.recipe.steps import parse_step
+
+OPT_INS = ("allow_pickle", "trust_remote_code")  # loading choices that can run code; off by default
 
 
 @dataclass(frozen=True)
@@ -52,10 +56,15 @@ class Recipe:
     export: dict | None = None
     device: str | None = None  # None / "auto": cuda > mps > cpu
     dtype: str | None = None  # None / "auto": fp32 on CPU, bf16/fp16 on GPU
+    # Opt-ins, off unless the recipe says so; a run records them, so rerunning its recipe repeats the choice.
+    allow_pickle: bool = False  # load weights stored only as pickle (pytorch_model.bin): unpickling can run code
+    trust_remote_code: bool = False  # load a model that needs its repository's own Python code, and run it
 
     def __post_init__(self) -> None:
         require(isinstance(self.model, str) and bool(self.model.strip()),
                 "a recipe needs `model:` - a sample (sample:teacher), a folder, a .gguf file or a Hub id")
+        for name in OPT_INS:
+            require_bool(getattr(self, name), name)
         if self.export is not None:
             ExportSpec.from_dict(self.export)  # refused here, with what is allowed, before anything runs
 
@@ -63,7 +72,13 @@ class Recipe:
         """Plain data in the recipe-file layout (round-trips through ``from_dict``)."""
         data = asdict(self)
         data["steps"] = [{step.kind: dict(step.params)} for step in self.steps]  # as written, not as parsed
-        return {key: value for key, value in data.items() if value is not None}
+        # an opt-in left off is not written: recipes without one read as before
+        return {key: value for key, value in data.items() if value is not None and not (key in OPT_INS and not value)}
+
+    @property
+    def load_options(self) -> dict[str, bool]:
+        """The opt-ins as keyword arguments of ``core.models.load`` (for the model and any teacher or student)."""
+        return {name: getattr(self, name) for name in OPT_INS}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -81,6 +96,8 @@ class Recipe:
             export=data.get("export"),
             device=data.get("device"),
             dtype=data.get("dtype"),
+            allow_pickle=data.get("allow_pickle", False),
+            trust_remote_code=data.get("trust_remote_code", False),
         )
 
 
