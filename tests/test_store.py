@@ -42,8 +42,8 @@ def test_result_fields_are_the_shared_contract() -> None:
     assert RESULT_FIELDS == (
         "id", "created", "model", "recipe", "perplexity", "base_perplexity", "top1_acc",
         "top1_agreement", "kl_to_base", "params", "nonzero_params", "perplexity_ci_low",
-        "perplexity_ci_high", "size_bytes", "bits_per_weight", "prefill_ms", "decode_tok_s", "peak_mem_bytes", "kernel", "device",
-        "wall_s", "status",
+        "perplexity_ci_high", "size_bytes", "bits_per_weight", "prefill_ms", "decode_tok_s", "peak_mem_bytes",
+        "kernel", "device", "wall_s", "status",
     )
 
 
