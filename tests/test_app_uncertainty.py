@@ -4,6 +4,7 @@ noise" without an arrow, the Trade-offs chart draws error bars, and the phrases 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,8 @@ def test_a_result_panel_shows_the_interval_and_no_arrow_within_noise(results_dir
     assert not app.exception
     shown = metric(app, "Perplexity")
     half_width = (row.perplexity_ci_high - row.perplexity_ci_low) / 2
-    assert shown.value == f"{row.perplexity:.3f} ± {half_width:.3f}"
+    digits = max(0, min(3, 2 - math.floor(math.log10(half_width))))  # three significant digits of the ±
+    assert shown.value == f"{row.perplexity:.{digits}f} ± {half_width:.{digits}f}"
     assert shown.proto.delta.startswith("within noise: ")
     assert shown.proto.direction == MetricProto.MetricDirection.NONE  # no win / loss arrow
     assert shown.proto.color == MetricProto.MetricColor.GRAY
@@ -95,11 +97,16 @@ def test_only_a_real_difference_gets_an_arrow() -> None:
     worse = paired_comparison([s + d for s, d in zip(sums, [1.0, 1.2, 1.1, 1.3], strict=True)], sums, [10] * 4)
     noise = paired_comparison([s + d for s, d in zip(sums, [0.5, 1.5, -0.2, 1.0], strict=True)], sums, [10] * 4)
     arrow = results.perplexity_delta(_row(worse.as_dict()))
-    assert arrow["delta"].startswith("+0.974 vs base 9.000 (worse, paired)") and arrow["delta_color"] == "inverse"
+    assert arrow["delta"] == "+0.974 vs base 9.000 (worse)" and arrow["delta_color"] == "inverse"
     quiet = results.perplexity_delta(_row(noise.as_dict()))
     assert quiet["delta"].startswith("within noise: ") and quiet["delta_arrow"] == "off"
     assert results.perplexity_delta(_row(None)) == {"delta": None}
-    assert results.perplexity_value(_row(None)) == "9.974 ± 4.214"
+    assert results.perplexity_value(_row(None)) == "9.97 ± 4.21"  # the ± to three significant digits
+    wide = _row(None)
+    wide.perplexity_ci_low, wide.perplexity_ci_high = 70.735, 101.145
+    assert results.perplexity_value(wide) == "10.0 ± 15.2"  # 9.974 to the ± 15.205's one decimal
+    wide.perplexity_ci_low = wide.perplexity_ci_high = None
+    assert results.perplexity_value(wide) == "9.974"
 
 
 def test_the_speed_caption_gives_the_spread_and_the_paired_ratio() -> None:
@@ -113,3 +120,31 @@ def test_the_speed_caption_gives_the_spread_and_the_paired_ratio() -> None:
                                           "(min 213.4, max 246.5, 5 runs) · decode 0.90× the base (paired: 5 runs, "
                                           "0.89–0.96×) · batch 1, 2 threads on cpu")
     assert results.notes(row) == ["machine busy while timing: other processes used 1.3 CPU cores"]
+
+
+def test_two_results_on_the_same_windows_compare_pairwise() -> None:
+    protocol = {"text": "t", "seqlen": 11, "windows": 4, "window_tokens": [10] * 4}
+    a = ResultRow(id="a", created="", model="m", recipe="", status="ok",
+                  details={**protocol, "window_nll": [2.0, 2.2, 2.4, 2.6]})
+    b = ResultRow(id="b", created="", model="m", recipe="", status="ok",
+                  details={**protocol, "window_nll": [2.10, 2.32, 2.51, 2.73]})
+    # differences 0.10, 0.12, 0.11, 0.13 per token: mean 0.115 in [0.0944574, 0.1355426] (see the interval tests);
+    # exp: +12.19% in [+9.91%, +14.52%], shown to one decimal as the half-width is over 1%
+    assert results.paired_between(a, b) == ("b against a on the same 4 windows: +12.2% perplexity vs a "
+                                            "(paired 95% CI +9.9% to +14.5%): worse")
+    other = ResultRow(id="c", created="", model="m", recipe="", status="ok",
+                      details={**protocol, "seqlen": 12, "window_nll": [2.0, 2.2, 2.4, 2.6]})
+    assert results.paired_between(a, other) is None  # other windows: only the two intervals compare
+
+
+def test_the_model_page_baseline_shows_its_interval(results_dir: Path) -> None:
+    app = start()
+    app.selectbox(key="model").select("sample:student")
+    app.number_input(key="eval_seqlen").set_value(64)
+    app.number_input(key="eval_windows").set_value(3)
+    app.toggle(key="eval_latency").set_value(False)
+    app.run()
+    next(b for b in app.button if b.label == "Measure the baseline").click().run()
+    assert not app.exception
+    assert " ± " in metric(app, "Perplexity").value
+    assert any("95% CI" in c.value and "3 windows x 64 tokens" in c.value for c in app.caption)

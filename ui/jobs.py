@@ -308,7 +308,7 @@ def result_metrics(row: ResultRow) -> None:
     against the base model on the same windows (an arrow only for a real difference), the spread of the
     timed runs, and the notes (a rough interval, a busy machine)."""
     details = row.details
-    cols = st.columns(4)
+    cols = st.columns([3, 2, 2, 2])  # the perplexity carries its ± and a longer delta
     cols[0].metric("Perplexity", results.perplexity_value(row), **results.perplexity_delta(row),
                    help="± half the 95% interval over the evaluation windows; the comparison with the base is "
                         "paired, window by window.")

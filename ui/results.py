@@ -151,10 +151,15 @@ def baseline_row(model: str, measured: dict) -> ResultRow:
 
 
 def perplexity_value(row: ResultRow) -> str:
-    """'92.535 ± 12.010' (the half-width of the 95% interval over windows), or the bare figure without one."""
+    """'92.5 ± 12.0': the half-width of the 95% interval over windows to three significant digits, and the
+    perplexity to the same decimals (no digits the interval says are noise); the bare figure without one."""
     if row.perplexity is None:
         return "n/a"
-    return report.plus_minus(row.perplexity, row.perplexity_ci_low, row.perplexity_ci_high, PPL_DIGITS)
+    low, high = row.perplexity_ci_low, row.perplexity_ci_high
+    if low is None or high is None or not high > low:
+        return report.plus_minus(row.perplexity, None, None, PPL_DIGITS)
+    digits = max(0, min(PPL_DIGITS, 2 - math.floor(math.log10((high - low) / 2))))
+    return report.plus_minus(row.perplexity, low, high, digits)
 
 
 def perplexity_delta(row: ResultRow) -> dict:
@@ -167,7 +172,7 @@ def perplexity_delta(row: ResultRow) -> dict:
         return {"delta": None}
     difference = f"{row.perplexity - row.base_perplexity:+.{PPL_DIGITS}f} vs base {row.base_perplexity:.{PPL_DIGITS}f}"
     if report.shows_change(details):
-        return {"delta": f"{difference} ({report.verdict(details)}, paired)", "delta_color": "inverse"}
+        return {"delta": f"{difference} ({report.verdict(details)})", "delta_color": "inverse"}
     label = "within noise" if report.verdict(details) == "within noise" else "no interval (one window)"
     return {"delta": f"{label}: {difference}", "delta_color": "off", "delta_arrow": "off"}
 
