@@ -28,7 +28,7 @@ from core.errors import CancelledError, SqueezeLabError
 from core.models import LoadedModel
 from core.recipe import Recipe, pipeline
 from core.store import ResultRow, ResultStore, UnknownResultError, default_results_dir
-from ui import state
+from ui import results, state
 from ui.cache import store_at
 from ui.errors import describe, log
 
@@ -342,14 +342,15 @@ def _stored_row(job: Job) -> ResultRow | None:
 
 
 def result_metrics(row: ResultRow) -> None:
-    """A result's headline figures, with the base model's on the same windows beside them."""
+    """A result's headline figures with how sure they are: the perplexity's 95% interval, the paired verdict
+    against the base model on the same windows (an arrow only for a real difference), the spread of the
+    timed runs, and the notes (a rough interval, a busy machine)."""
     details = row.details
     pruned = any(step.get("kind") == "prune" for step in details.get("steps") or [])
-    cols = iter(st.columns(4 if pruned else 3))
-    delta = None
-    if row.perplexity is not None and row.base_perplexity:
-        delta = f"{row.perplexity - row.base_perplexity:+.3f} vs base {row.base_perplexity:.3f}"
-    next(cols).metric("Perplexity", _fmt(row.perplexity, ".3f"), delta=delta, delta_color="inverse")
+    cols = iter(st.columns([3, 2, 2, 2] if pruned else [3, 2, 2]))  # the perplexity carries its ± and a longer delta
+    next(cols).metric("Perplexity", results.perplexity_value(row), **results.perplexity_delta(row),
+                      help="± half the 95% interval over the evaluation windows; the comparison with the base is "
+                           "paired, window by window.")
     # the figures below a neutral headline are neither better nor worse: no arrow, no colour
     next(cols).metric("Top-1 accuracy", _fmt(row.top1_acc, ".1%"),
                       delta=None if row.top1_agreement is None else f"{row.top1_agreement:.1%} agree with base",
@@ -360,11 +361,13 @@ def result_metrics(row: ResultRow) -> None:
                           help="Share of all parameters that are zero; embeddings and lm_head stay dense.")
     next(cols).metric("Size", _fmt(row.size_bytes / 1e6 if row.size_bytes else None, ".2f", " MB"),
                       delta=_fmt(row.bits_per_weight, ".1f", " bits/weight"), **NEUTRAL)
-    speed = ""
-    if row.prefill_ms is not None:
-        speed = f" · prefill {row.prefill_ms:.1f} ms · decode {row.decode_tok_s:.1f} tokens/s"
+    st.caption(results.interval_caption(row))
+    speed = results.speed_caption(row)
     st.caption(f"{details.get('text', '?')}, seqlen {details.get('seqlen', '?')}, {details.get('windows', '?')} windows"
-               f" · KL(base‖model) {_fmt(row.kl_to_base, '.4f')} · {row.kernel} on {row.device}{speed}")
+               f" · KL(base‖model) {_fmt(row.kl_to_base, '.4f')} · {row.kernel} on {row.device}"
+               + (f" · {speed}" if speed else ""))
+    for note in results.notes(row):
+        st.warning(note)
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
