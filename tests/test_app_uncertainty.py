@@ -48,7 +48,7 @@ def test_a_result_panel_shows_the_interval_and_no_arrow_within_noise(results_dir
     assert shown.proto.delta.startswith("within noise: ")
     assert shown.proto.direction == MetricProto.MetricDirection.NONE  # no win / loss arrow
     assert shown.proto.color == MetricProto.MetricColor.GRAY
-    for neutral in ("Top-1 accuracy", "Zeros", "Size"):
+    for neutral in ("Top-1 accuracy", "Size"):  # no Zeros headline: this result quantizes, it does not prune
         assert metric(app, neutral).proto.direction == MetricProto.MetricDirection.NONE, neutral
     captions = [c.value for c in app.caption]
     assert any(f"95% CI {row.perplexity_ci_low:.3f}–{row.perplexity_ci_high:.3f}, 2 windows x 64 tokens" in c
