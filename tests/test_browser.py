@@ -190,6 +190,9 @@ def test_the_threshold_slider_moves_the_live_preview(page, app_url) -> None:
         "before => [...document.querySelectorAll('[data-testid=\"stMetric\"]')].some(m =>"
         " m.innerText.includes('Sparsity at this threshold') && !m.innerText.includes(before))", arg=before)
     _settle(page)
+    page.wait_for_function(  # the bars are redrawn after the metric: wait for the chart, not only the number
+        "before => JSON.stringify(document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .js-plotly-plot')[0]"
+        ".data[0].y) !== JSON.stringify(before)", arg=bars_before)
     after, bars_after = sparsity.inner_text(), _chart_data(page)[0]["y"]
     _no_exception(page)
     assert float(after.rstrip("%")) > float(before.rstrip("%")), (before, after)
