@@ -614,3 +614,17 @@ def test_uploads_go_to_a_private_folder_of_this_process() -> None:
     assert folder != Path(tempfile.gettempdir()) / "squeezelab-uploads"  # not the old shared, guessable name
     assert folder.stat().st_mode & 0o777 == 0o700
     assert first.read_text() == TEXT
+
+
+def test_export_of_a_result_whose_stored_recipe_is_damaged(tmp_path: Path, capsys) -> None:
+    world = World(tmp_path, tmp_path / "results")
+    world.store_with_a_row()
+    run_id = ResultStore(world.results, read_only=True).list()[0].id
+    with sqlite3.connect(world.results / "results.db") as conn:
+        conn.execute("UPDATE results SET recipe = ? WHERE id = ?", ("model: [unclosed\n", run_id))
+    conn.close()
+    out = tmp_path / "exported"
+    code = call(["export", run_id, "--format", "hf", "--out", str(out), "--results-dir", str(world.results)])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT and "Traceback" not in err
+    assert f"the recipe stored with result {run_id}" in err and not out.exists()

@@ -16,7 +16,7 @@ import yaml
 from core.calibration.spec import CalibrationSpec
 from core.cli.output import print_row, progress_printer
 from core.cli.parser import EXIT_OK
-from core.errors import SqueezeLabError
+from core.errors import SpecError, SqueezeLabError
 from core.evaluate.spec import EvalSpec
 from core.export.spec import ExportSpec
 from core.recipe import pipeline
@@ -87,7 +87,11 @@ def export_source_recipe(source: str, results_dir: Path | None):
             raise UnknownResultError(f"no result with id {source!r} in {store.db_path} (see `squeezelab history"
                                      f"{where}` for the ids that exist)") from None
         return Recipe(model=source)  # a model reference (checked when the recipe runs)
-    return Recipe.from_dict(yaml.safe_load(row.recipe))
+    try:
+        return Recipe.from_dict(yaml.safe_load(row.recipe))
+    except (yaml.YAMLError, SpecError) as exc:  # a row written by hand, or by a SqueezeLab with other keys
+        raise SpecError(f"the recipe stored with result {source} cannot be run again ({exc}); export from a "
+                        "recipe file or a model reference instead") from exc
 
 
 def cmd_export(args: argparse.Namespace) -> int:
