@@ -96,7 +96,8 @@ def baseline_metrics(ref: str, text: str, seqlen: int | None, max_windows: int |
 
 @st.cache_resource
 def store_at(root: str) -> ResultStore:
-    return ResultStore(root)
+    """The history for the pages to read: read-only, so showing it writes nothing (runs write through the worker)."""
+    return ResultStore(root, read_only=True)
 
 
 def results_store() -> ResultStore:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import yaml
 from core.calibration.spec import CalibrationSpec
 from core.cli.output import print_row, progress_printer
 from core.cli.parser import EXIT_OK
-from core.errors import SqueezeLabError
+from core.errors import SpecError, SqueezeLabError
 from core.evaluate.spec import EvalSpec
 from core.export.spec import ExportSpec
 from core.recipe import pipeline
@@ -79,16 +80,29 @@ def export_params(args: argparse.Namespace) -> dict:
             "check_windows": args.check_windows}
 
 
+# The store's result ids: `YYYYMMDD-HHMMSS-` and six hex digits (core.store.ResultStore.start)
+RESULT_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+
+
 def export_source_recipe(source: str, results_dir: Path | None):
     """The recipe behind ``source``: a stored result's, a recipe file's, or an evaluation of a model reference."""
     path = Path(source).expanduser()
-    if path.suffix.lower() in (".yaml", ".yml", ".json") and path.is_file():
-        return load_recipe(path)
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        return load_recipe(path)  # says so when the file is missing, unreadable or not a recipe
+    store = ResultStore(results_dir, read_only=True)
     try:
-        row = ResultStore(results_dir).get(source)
+        row = store.get(source)
     except UnknownResultError:
+        if RESULT_ID.fullmatch(source.strip()):
+            where = "" if results_dir is None else f" --results-dir {results_dir}"
+            raise UnknownResultError(f"no result with id {source!r} in {store.db_path} (see `squeezelab history"
+                                     f"{where}` for the ids that exist)") from None
         return Recipe(model=source)  # a model reference (checked when the recipe runs)
-    return Recipe.from_dict(yaml.safe_load(row.recipe))
+    try:
+        return Recipe.from_dict(yaml.safe_load(row.recipe))
+    except (yaml.YAMLError, SpecError) as exc:  # a row written by hand, or by a SqueezeLab with other keys
+        raise SpecError(f"the recipe stored with result {source} cannot be run again ({exc}); export from a "
+                        "recipe file or a model reference instead") from exc
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -98,7 +112,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    store = ResultStore(args.results_dir)
+    store = ResultStore(args.results_dir, read_only=True)  # listing writes nothing: no folder, schema or reaping
     if args.csv:
         sys.stdout.write(store.to_csv())
         return EXIT_OK

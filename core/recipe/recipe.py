@@ -25,7 +25,8 @@ import yaml
 
 from core.calibration.spec import CalibrationSpec
 from core.checks import check_keys, require, require_bool, require_mapping
-from core.errors import SpecError
+from core.data import decode_text
+from core.errors import SpecError, TextSourceError
 from core.evaluate.spec import EvalSpec
 from core.export.spec import ExportSpec
 from core.recipe.steps import parse_step
@@ -123,12 +124,28 @@ def _section(spec_type: type, raw: Any, name: str):
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read a recipe from a ``.yaml``/``.yml`` or ``.json`` file."""
+    """Read a recipe from a ``.yaml``/``.yml`` or ``.json`` file; every refusal names the file."""
     path = Path(path)
+    require(not path.is_dir(), f"recipe file {str(path)!r} is a folder; give the path of a .yaml or .json file")
     require(path.is_file(), f"recipe file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = decode_text(path.read_bytes(), str(path))  # UTF-8 only; other encodings: how to convert
+    except OSError as exc:
+        raise SpecError(f"cannot read recipe file {str(path)!r} ({exc.strerror or exc})") from exc
+    except TextSourceError as exc:
+        raise SpecError(f"recipe {exc}") from exc
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise SpecError(f"recipe {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
-    return Recipe.from_dict(data)
+    require(data is not None, f"recipe {path} is empty; a recipe is a mapping of keys to values and needs at least "
+                              "`model:` (e.g. model: sample:teacher)")
+    require(isinstance(data, dict), f"recipe {path} must be a mapping of keys to values (model: ..., steps: [...]), "
+                                    f"got {type(data).__name__}")
+    steps = data.get("steps")
+    require(steps is None or isinstance(steps, list),
+            f"recipe {path}: `steps:` must be a list such as [{{prune: {{method: wanda}}}}], got {steps!r}")
+    try:
+        return Recipe.from_dict(data)
+    except SpecError as exc:
+        raise SpecError(f"recipe {path}: {exc}") from exc
