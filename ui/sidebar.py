@@ -112,4 +112,7 @@ def _text_picker(model: str) -> tuple[str, str]:
     if uploaded is None:
         st.caption("No file yet: the sample text is used until one is uploaded.")
         return "sample", choices["sample"]
-    return str(sources.save_upload(uploaded.name, uploaded.getvalue())), f"uploaded {uploaded.name}"
+    with shown("Cannot use the uploaded text"):  # not UTF-8, binary, empty: the refusal names what is wrong
+        return str(sources.save_upload(uploaded.name, uploaded.getvalue())), f"uploaded {uploaded.name}"
+    st.caption("The sample text is used until a UTF-8 text file is uploaded.")
+    return "sample", choices["sample"]
