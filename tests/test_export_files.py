@@ -229,3 +229,13 @@ def test_the_record_says_the_final_path_and_the_real_size(tmp_path: Path, recipe
     record = json.loads((final / "squeezelab.json").read_text())["export"]
     assert record["path"] == str(final) and final.parent == ResultStore(tmp_path / "results").artifact_dir(row["id"])
     assert record["size_bytes"] == files.folder_bytes(final) == row["size_bytes"]
+
+
+def test_checking_a_target_creates_nothing(tmp_path: Path) -> None:
+    files.check_target(tmp_path / "a" / "b" / "model", zip=True)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "squeezelab.json").write_text("{}")
+    files.check_target(tmp_path / "model", overwrite=True)  # an earlier export may be replaced
+    with pytest.raises(files.ExportError, match="already exists"):
+        files.check_target(tmp_path / "model")

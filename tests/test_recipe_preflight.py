@@ -77,7 +77,7 @@ def test_calibration_beyond_the_text_names_the_tokens_and_what_fits(tmp_path, ca
                                          "steps": [{"quantize": {"method": "gptq", "bits": 4}}]}, loads)
     assert "calibration asks for 100,000,000,000 windows of 256 tokens (25,600,000,000,000 tokens, ≈" in message
     assert "GB held by the block-by-block walk)" in message
-    assert "the calibration text 'default' has 1,205,221 tokens" in message  # counted whole once it matters
+    assert "the calibration text 'default (sample-train)' has 1,205,221 tokens" in message  # counted: near the limit
     assert "use at most 4,707 samples at seqlen 256, or a longer text" in message
 
 
@@ -85,7 +85,8 @@ def test_calibration_beyond_free_memory_names_the_memory_and_what_fits(tmp_path,
     free_memory(monkeypatch, 1.0)  # the walk holds ~0.46 MB a sample at seqlen 256 on this model
     message = refused(tmp_path, capsys, {"model": TEACHER, "calibration": {"samples": 4000},
                                          "steps": [{"prune": {"method": "wanda", "sparsity": 0.5}}]}, loads)
-    assert "calibration asks for 4,000 windows of 256 tokens" in message and "cpu has 1.0 GB free" in message
+    assert "calibration asks for 4,000 windows of 256 tokens" in message
+    assert "cpu has 1.0 GB free, 0.7 GB of it beyond the weights and PyTorch's own working memory" in message
     assert "or a smaller seqlen" in message
     fits = int(message.split("use at most ")[1].split(" samples")[0].replace(",", ""))
     assert 1000 < fits < 4000
@@ -153,6 +154,8 @@ def test_a_distillation_batch_beyond_free_memory_says_what_fits(tmp_path, capsys
     ({"distill": {"student": "layer_drop", "keep_layers": [0, 9]}},
      "keep_layers [0, 9] names a block past the last one (blocks 0..5)"),
     ({"distill": {"student": "sample:nobody"}}, "no bundled sample model 'sample:nobody'"),
+    ({"distill": {"hidden_weight": 1.0, "hidden_layers": [[0, 9]]}},
+     "hidden_layers [[0, 9]] name blocks that do not exist (student blocks 0..5, teacher blocks 0..5)"),
 ])
 def test_step_settings_the_model_cannot_take(tmp_path, capsys, loads, step, needle) -> None:
     assert needle in refused(tmp_path, capsys, {"model": TEACHER, "steps": [step]}, loads)

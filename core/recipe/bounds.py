@@ -3,9 +3,10 @@
 Checked before any weights are loaded (``core.recipe.preflight``). Each refusal gives the request, what it
 would take, what the text and the machine offer, and the largest value that fits, e.g.::
 
-    calibration asks for 100,000,000,000 windows of 256 tokens (25,600,000,000,000 tokens, ≈ 81,920,000.0 GB
-    held by the block-by-block walk); the calibration text 'sample-train' has 1,205,221 tokens and cpu has
-    18.3 GB free beside the weights; use at most 4,707 samples at seqlen 256, or a longer text
+    calibration asks for 100,000,000,000 windows of 256 tokens (25,600,000,000,000 tokens, ≈ 46,284,800.0 GB
+    held by the block-by-block walk); the calibration text 'default (sample-train)' has 1,205,221 tokens and
+    cpu has 21.2 GB free, 20.9 GB of it beyond the weights and PyTorch's own working memory; use at most 4,707
+    samples at seqlen 256, or a longer text
 
 Memory figures are estimates of the working memory each stage holds (see the ``*_bytes`` functions of
 ``core.calibration.spec``, ``core.evaluate.spec`` and ``core.distill.spec``).
@@ -33,6 +34,10 @@ PROBE_CHARS = 200_000  # a longer text is first measured on evenly spaced slices
 PROBE_SLICES = 8
 ESTIMATE_MARGIN = 2  # an estimated token count stands only where it is at least twice what is needed
 RECOVERY_BATCH = 8  # windows per step of the masked fine-tune after pruning (core.prune.recovery)
+# PyTorch's own working memory beside the tensors the estimates count (allocator slack, autograd, threads):
+# on the sample teacher, CPU, peak RSS grew ~0.25 GB more than estimated in a distillation step at batch 8
+# and ~0.03 GB more in a GPTQ walk of 128 samples.
+FRAMEWORK_BYTES = 300_000_000
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ def count_tokens(tokenizer, source: str, default: str, needed: int) -> TextToken
     """The tokens of ``source`` (``default`` is what "default" means for the model), at least enough to tell
     whether ``needed`` fit: a long text is first estimated from slices, and counted whole when that is close."""
     text = data.load_text(source, default=default).text
+    source = f"{source} ({default})" if source.strip() == data.DEFAULT_SOURCE else source
     if len(text) > PROBE_CHARS:
         step, width = len(text) // PROBE_SLICES, PROBE_CHARS // PROBE_SLICES
         probed = sum(data.tokenize(tokenizer, text[i * step: i * step + width]).numel() for i in range(PROBE_SLICES))
@@ -66,7 +72,7 @@ class Budget:
 
     device: str
     free: int
-    held: int = 0  # weights: the base model (unless already loaded), its working copy, loaded students / teachers
+    held: int = FRAMEWORK_BYTES  # and the weights: the base model (unless already loaded), its working copy, ...
 
     @property
     def room(self) -> int:
@@ -74,7 +80,8 @@ class Budget:
         return self.free - self.held
 
     def describe(self) -> str:
-        return f"{self.device} has {size(max(self.room, 0))[2:]} free beside the weights"
+        return (f"{self.device} has {size(self.free)[2:]} free, {size(max(self.room, 0))[2:]} of it beyond the "
+                "weights and PyTorch's own working memory")
 
 
 def check_calibration(spec: CalibrationSpec, seqlen: int, dims: ModelDims, text: TextTokens, budget: Budget,

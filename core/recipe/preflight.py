@@ -132,7 +132,7 @@ def _start(recipe: Recipe, base: LoadedModel | None) -> _Plan:
         check_memory(tensor_bytes(meta), device, source.ref)
         held = tensor_bytes(meta)
     held += tensor_bytes(meta) if recipe.steps else 0  # the run's working copy
-    budget = bounds.Budget(str(device), free_memory_bytes(device), held)
+    budget = bounds.Budget(str(device), free_memory_bytes(device), bounds.FRAMEWORK_BYTES + held)
     return _Plan(recipe, source, tokenizer, dtype, device, meta, copy.deepcopy(meta), budget)
 
 
