@@ -107,9 +107,11 @@ def test_calibration_windows_longer_than_the_text(tmp_path, capsys, loads, text_
 def test_an_evaluation_seqlen_beyond_the_context_or_the_memory(tmp_path, capsys, loads, monkeypatch) -> None:
     message = refused(tmp_path, capsys, {"model": TEACHER, "evaluation": {"seqlen": 1024}}, loads)
     assert "evaluation.seqlen=1024 is longer than the model's context (256 tokens); use at most 256" in message
-    free_memory(monkeypatch, 0.02)  # the weights take 13 MB, scoring 256 tokens about 14 MB
+    free_memory(monkeypatch, 0.32)  # 0.3 GB for PyTorch itself, 13 MB of weights, scoring 256 tokens ~16 MB
     message = refused(tmp_path, capsys, {"model": TEACHER, "evaluation": {"seqlen": 256, "latency": False}}, loads)
-    assert "evaluation windows of 256 tokens need ≈" in message and "use an evaluation seqlen of at most" in message
+    assert "evaluation windows of 256 tokens need ≈" in message
+    fits = int(message.split("use an evaluation seqlen of at most ")[1].split()[0])
+    assert 2 <= fits < 256
 
 
 def test_latency_tokens_beyond_the_context_and_runs_beyond_the_cap(tmp_path, capsys, loads) -> None:
@@ -146,7 +148,7 @@ def test_a_distillation_batch_beyond_free_memory_says_what_fits(tmp_path, capsys
     ({"quantize": {"method": "rtn", "bits": 4, "group_size": 96}},
      "group_size 96 does not divide the 512 input columns of model.layers.0.mlp.down_proj"),
     ({"prune": {"method": "magnitude", "pattern": "2:3"}},
-     "an 2:3 pattern groups 3 consecutive input columns, but model.layers.0.mlp.down_proj has 512 input columns"),
+     "a 2:3 pattern groups 3 consecutive input columns, but model.layers.0.mlp.down_proj has 512 input columns"),
     ({"prune": {"method": "magnitude", "sparsity": 0.5, "include": ["*.nothing"]}},
      "no linear layer in the decoder blocks matches include=['*.nothing']"),
     ({"prune": {"method": "structured", "target": "layers", "layers": [2, 7]}},

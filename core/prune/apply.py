@@ -134,7 +134,7 @@ def check_layers(model: nn.Module, spec: PruneSpec) -> list[tuple[str, nn.Module
     bad = [name for name, width in widths.items() if width % m]
     if bad:
         fits = [k for k in range(2, 17) if all(width % k == 0 for width in widths.values())]
-        raise SpecError(f"an {n}:{m} pattern groups {m} consecutive input columns, but {bad[0]} has "
+        raise SpecError(f"a {n}:{m} pattern groups {m} consecutive input columns, but {bad[0]} has "
                         f"{widths[bad[0]]} input columns, not a multiple of {m} ({len(bad)} such layer(s)); exclude "
                         f"them or pick an M that divides every selected layer ({', '.join(map(str, fits)) or 'none'})")
     return layers

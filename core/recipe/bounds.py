@@ -33,6 +33,7 @@ def size(count: int) -> str:
 PROBE_CHARS = 200_000  # a longer text is first measured on evenly spaced slices of this many characters in all
 PROBE_SLICES = 8
 ESTIMATE_MARGIN = 2  # an estimated token count stands only where it is at least twice what is needed
+NOTHING_FITS = "not even the smallest setting fits: free some memory, or use a smaller model or a 16-bit dtype"
 RECOVERY_BATCH = 8  # windows per step of the masked fine-tune after pruning (core.prune.recovery)
 # PyTorch's own working memory beside the tensors the estimates count (allocator slack, autograd, threads):
 # on the sample teacher, CPU, peak RSS grew ~0.25 GB more than estimated in a distillation step at batch 8
@@ -100,11 +101,14 @@ def check_calibration(spec: CalibrationSpec, seqlen: int, dims: ModelDims, text:
     if spec.samples <= min(by_text, by_memory):
         return spec.samples * seqlen
     held = "held by the block-by-block walk" if walk else "of token ids"
+    fits = min(by_text, by_memory)
+    advice = (f"use at most {fits:,} samples at seqlen {seqlen}" + (", or a longer text" if by_text < by_memory
+                                                                     else ", or a smaller seqlen")) if fits else \
+        NOTHING_FITS
     raise InsufficientMemoryError(
         f"calibration asks for {spec.samples:,} windows of {seqlen} tokens ({spec.samples * seqlen:,} tokens, "
         f"{size(fixed + spec.samples * per_sample)} {held}); {text.describe('calibration')} and "
-        f"{budget.describe()}; use at most {max(min(by_text, by_memory), 0):,} samples at seqlen {seqlen}"
-        + (", or a longer text" if by_text < by_memory else ", or a smaller seqlen"))
+        f"{budget.describe()}; {advice}")
 
 
 def check_evaluation(spec: EvalSpec, dims: ModelDims, text: TextTokens, budget: Budget, compare: bool,
@@ -116,10 +120,10 @@ def check_evaluation(spec: EvalSpec, dims: ModelDims, text: TextTokens, budget: 
                               f"text or a smaller evaluation seqlen (at most {max(text.tokens, 2)})")
     if scoring_bytes(seqlen, dims, compare, batch) > budget.room:
         fits = _largest(lambda n: scoring_bytes(n, dims, compare, batch) <= budget.room, seqlen)
+        advice = f"use an evaluation seqlen of at most {fits}" if fits else NOTHING_FITS
         raise InsufficientMemoryError(
             f"evaluation windows of {seqlen} tokens need {size(scoring_bytes(seqlen, dims, compare, batch))} "
-            f"to score ({batch} at a time, logits over {dims.vocab:,} tokens); {budget.describe()}; use an "
-            f"evaluation seqlen of at most {fits}")
+            f"to score ({batch} at a time, logits over {dims.vocab:,} tokens); {budget.describe()}; {advice}")
     if spec.latency:
         _check_latency(spec, dims, budget)
     windows = text.tokens // seqlen
@@ -147,7 +151,7 @@ def check_distill(spec: DistillSpec, seqlen: int, student: ModelDims, teacher: M
         raise TextSourceError(
             f"{text.describe('training')}; one batch needs batch_size x seqlen = {spec.batch_size} x {seqlen} = "
             f"{batch:,}" + (f" and the held-out tail {spec.eval_windows} x {seqlen} = {held_out:,}" if held_out else "")
-            + f"; use a longer text, or at most {room} windows of {seqlen} tokens in all (batch_size"
+            + f"; use a longer text, or at most {room:,} windows of {seqlen} tokens in all (batch_size"
             + (" + eval_windows)" if held_out else ")"))
     if eval_text is not None and eval_text.tokens < seqlen:
         raise TextSourceError(f"{eval_text.describe('held-out')} but one window needs {seqlen}; use a longer "
@@ -172,15 +176,18 @@ def check_training(what: str, batch: int, seqlen: int, per_window: int, fixed: i
     if needed <= budget.room:
         return
     fits = max(budget.room - fixed, 0) // per_window
-    advice = f"use a batch_size of at most {fits}" if knob == "batch_size" and fits else f"use a smaller {knob}"
+    advice = f"use a batch_size of at most {fits}, or a smaller seqlen" if knob == "batch_size" and fits else \
+        f"use a smaller {knob}" if fits else NOTHING_FITS
     raise InsufficientMemoryError(
         f"{what} trains on {batch} windows of {seqlen} tokens a step, which needs {size(needed)} "
         f"(activations kept for the backward pass, logits, gradients and AdamW state); {budget.describe()}; "
-        f"{advice}, or a smaller seqlen")
+        f"{advice}")
 
 
 def _largest(fits, upper: int) -> int:  # noqa: ANN001 - a predicate on whole numbers
-    """The largest n in [2, upper] with fits(n) (fits is monotone: true below some n); 2 when none."""
+    """The largest n in [2, upper] with fits(n) (fits is monotone: true below some n); 0 when none."""
+    if not fits(2):
+        return 0
     low, high = 2, upper
     while low < high:
         middle = (low + high + 1) // 2
