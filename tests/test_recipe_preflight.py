@@ -26,7 +26,7 @@ from core.quantize import QuantizeSpec, quantize_
 from core.recipe import Recipe, Step, pipeline, preflight
 from core.recipe import bounds as bounds_module
 from core.store import ResultStore
-from tests.helpers import tiny_tokenizer
+from tests.helpers import pickle_only_folder, remote_code_folder, tiny_tokenizer
 
 TEACHER = "sample:teacher"  # Llama: hidden 192, MLP 512, 6 blocks, 6 heads in 3 KV groups, context 256, vocab 4096
 QUICK_EVAL = {"max_windows": 2, "seqlen": 64, "latency": False}
@@ -139,6 +139,22 @@ def test_a_distillation_batch_beyond_free_memory_says_what_fits(tmp_path, capsys
     assert "distillation trains on 512 windows of 256 tokens a step, which needs ≈" in message
     fits = int(message.split("use a batch_size of at most ")[1].split(",")[0])
     assert 1 <= fits < 512
+
+
+# ---- the model itself, from what its reference points at ----
+
+
+@pytest.mark.parametrize(("case", "needle"), [
+    ("hub", "cannot reach the Hugging Face Hub to fetch 'org/name', and it is not in the local cache"),
+    ("pickle", "has weights only in pickle format (pytorch_model.bin); unpickling can run code"),
+    ("remote-code", "needs its own Python code from the repository"),
+])
+def test_a_model_that_cannot_be_loaded_safely_is_refused_from_its_files(tmp_path, capsys, loads, monkeypatch, case,
+                                                                       needle) -> None:
+    monkeypatch.setattr(preflight, "hub_reachable", lambda *_args: False)
+    model = {"hub": "org/name", "pickle": str(pickle_only_folder(tmp_path / "pickled")),
+             "remote-code": str(remote_code_folder(tmp_path / "custom"))}[case]
+    assert needle in refused(tmp_path, capsys, {"model": model}, loads)
 
 
 # ---- the steps, checked on the model's shapes ----

@@ -142,7 +142,7 @@ def _read_model(source: ModelSource, dtype: torch.dtype) -> tuple[nn.Module, Any
     config = read_config(source, local_only=local_only)
     raw = _raw_config(source)
     squeezelab = (raw.get("quantization_config") or {}).get("quant_method") == QUANT_METHOD
-    if not squeezelab:
+    if not squeezelab and source.kind != "gguf":  # a .gguf file is its own weights
         check_weight_format(source, allow_pickle=False)
     meta = meta_model(config, dtype)
     if squeezelab:
