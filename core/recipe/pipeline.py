@@ -26,6 +26,7 @@ from core.models.loading import clone, load
 from core.models.source import LoadedModel, resolve
 from core.progress import CancelFn, ProgressFn, report
 from core.quantize.qlinear import QuantLinear
+from core.recipe import preflight
 from core.recipe.recipe import Recipe
 from core.recipe.texts import text_notes
 from core.store import ResultRow, ResultStore
@@ -94,6 +95,7 @@ def run(
     export_spec = ExportSpec.from_dict(recipe.export) if recipe.export else None
     if export_spec is not None and export_spec.path:
         check_target(Path(export_spec.path), export_spec.overwrite)
+    preflight.check(recipe, base)  # the model's config, its steps on shapes, every count: before any load or row
     started = time.perf_counter()
     with store.run(recipe.model, recipe.to_yaml(), device=recipe.device) as run_id:
         report(on_progress, "load", 0.0)
@@ -151,7 +153,8 @@ def export_step(model: torch.nn.Module, loaded: LoadedModel, recipe: Recipe, spe
         return export_model(model, loaded.tokenizer, spec, measured.windows, **kwargs)
     name = artifact_name(recipe.model, spec)
     with store.write_artifact(run_id) as scratch:
-        result = export_model(model, loaded.tokenizer, spec, measured.windows, out=scratch / name, **kwargs)
+        result = export_model(model, loaded.tokenizer, spec, measured.windows, out=scratch / name,
+                              record_path=store.artifact_dir(run_id) / name, **kwargs)
     final = store.artifact_dir(run_id) / name
     result.path = str(final)
     result.zip_path = str(final.with_name(name + ".zip")) if result.zip_path else None
