@@ -28,7 +28,7 @@ import pandas as pd
 from core.checks import check_keys
 from core.errors import CancelledError, ResultStoreError, SqueezeLabError
 from core.store_access import check_intact, check_paths, make_folders, read_only_rows, translated
-from core.store_claims import abandoned, claim, release, scratch_name
+from core.store_claims import abandoned, claim, mark, own_scratch, release, scratch_name, unmark
 
 RESULT_FIELDS: tuple[str, ...] = (
     "id", "created", "model", "recipe", "perplexity", "base_perplexity", "top1_acc",
@@ -307,7 +307,9 @@ class ResultStore:
         tmp = self.artifacts / scratch_name(".tmp-", run_id)
         try:
             tmp.mkdir()
+            mark(tmp)
             yield tmp
+            unmark(tmp)  # it becomes the artifact: the marker stays behind only on a crash
             self._move_into_place(tmp, self.artifact_dir(run_id))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -324,10 +326,12 @@ class ResultStore:
             had_old = final.exists()
             if had_old:
                 os.replace(final, old)
+                mark(old)
             try:
                 os.replace(tmp, final)
             except OSError:
                 if had_old:
+                    unmark(old)
                     os.replace(old, final)
                 raise
             shutil.rmtree(old, ignore_errors=True)
@@ -335,14 +339,19 @@ class ResultStore:
             release(old.name)
 
     def _clean_scratch_folders(self) -> None:
-        """Delete scratch folders of crashed writers; restore an artifact a crash left aside."""
+        """Delete scratch folders of crashed writers; restore an artifact a crash left aside.
+
+        Only provably SqueezeLab's own entries (``store_claims.own_scratch``: exact name, real folder, marker)
+        whose writer is gone are touched; anything else under ``artifacts/`` is left as it is.
+        """
         for path in [*self.artifacts.glob(".tmp-*"), *self.artifacts.glob(".old-*")]:
-            parts = path.name.rsplit("-", 2)  # [".tmp-<id>", "<pid>", "<random>"]
-            pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
-            if not abandoned(path.name, pid):
+            owned = own_scratch(path)
+            if owned is None or not abandoned(path.name, owned[2]):
                 continue
-            final = self.artifacts / parts[0][len(".old-"):]
-            if path.name.startswith(".old-") and not final.exists():
+            kind, name, _pid = owned
+            final = self.artifacts / name
+            if kind == "old" and not final.exists() and final.parent == self.artifacts:
+                unmark(path)
                 os.replace(path, final)
             else:
                 shutil.rmtree(path, ignore_errors=True)
