@@ -35,6 +35,7 @@ from core.export.export import precheck, space_needed
 from core.export.files import check_free_space, check_target
 from core.export.spec import ExportSpec
 from core.layers import decoder_blocks, is_linear, weight_matrix
+from core.models import files
 from core.models.device import (
     ModelDims,
     check_memory,
@@ -128,7 +129,7 @@ def _start(recipe: Recipe, base: LoadedModel | None) -> _Plan:
         source = resolve(recipe.model)
         device = pick_device(recipe.device)
         dtype = pick_dtype(device, recipe.dtype)
-        meta, tokenizer = _read_model(source, dtype)
+        meta, tokenizer = _read_model(source, dtype, **recipe.load_options)
         check_memory(tensor_bytes(meta), device, source.ref)
         held = tensor_bytes(meta)
     held += tensor_bytes(meta) if recipe.steps else 0  # the run's working copy
@@ -136,21 +137,27 @@ def _start(recipe: Recipe, base: LoadedModel | None) -> _Plan:
     return _Plan(recipe, source, tokenizer, dtype, device, meta, copy.deepcopy(meta), budget)
 
 
-def _read_model(source: ModelSource, dtype: torch.dtype) -> tuple[nn.Module, Any]:
-    """(the model on the meta device, its tokenizer) from what a reference points at; no weights are read."""
+def _read_model(source: ModelSource, dtype: torch.dtype, allow_pickle: bool = False,
+                trust_remote_code: bool = False) -> tuple[nn.Module, Any]:
+    """(the model on the meta device, its tokenizer) from what a reference points at; no weights are read,
+    only the files' headers checked, so a damaged file is refused before any row is written."""
+    if source.kind in ("sample", "folder"):
+        files.check_folder(Path(source.location))
+    elif source.kind == "gguf":
+        files.check_gguf(Path(source.location) / source.gguf_file)
     local_only = source.kind != "hub" or _hub_offline(source)
-    config = read_config(source, local_only=local_only)
+    config = read_config(source, trust_remote_code, local_only=local_only)
     raw = _raw_config(source)
     squeezelab = (raw.get("quantization_config") or {}).get("quant_method") == QUANT_METHOD
     if not squeezelab and source.kind != "gguf":  # a .gguf file is its own weights
-        check_weight_format(source, allow_pickle=False)
+        check_weight_format(source, allow_pickle=allow_pickle)
     meta = meta_model(config, dtype)
     if squeezelab:
         qconfig = raw["quantization_config"]
         schemes = {name: QuantScheme(p["bits"], p.get("group_size"), p.get("symmetric", True))
                    for name, p in (qconfig.get("modules") or {}).items()}
         _swap_packed(meta, schemes, bool(qconfig.get("tied_embedding")))
-    return meta, load_tokenizer(source, local_only=local_only)
+    return meta, load_tokenizer(source, trust_remote_code, local_only=local_only)
 
 
 def _raw_config(source: ModelSource) -> dict:
@@ -254,7 +261,7 @@ def _play_distill(plan: _Plan, spec: DistillSpec) -> None:
 
 def _reference(plan: _Plan, ref: str) -> tuple[nn.Module, Any]:
     """A model-reference student or teacher, read like the recipe's model (config, tokenizer; no weights)."""
-    meta, tokenizer = _read_model(resolve(ref), plan.dtype)
+    meta, tokenizer = _read_model(resolve(ref), plan.dtype, **plan.recipe.load_options)
     check_memory(tensor_bytes(meta), plan.device, ref)
     plan.budget.held += tensor_bytes(meta)
     return meta, tokenizer
