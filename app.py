@@ -13,6 +13,7 @@ st.set_page_config(page_title="SqueezeLab", layout="wide")
 PAGES = [
     st.Page("pages/model.py", title="Model", icon=":material/memory:", default=True),
     *technique_pages(),  # a page per technique in core's step table: Prune, Quantize, Distill
+    st.Page("pages/sweep.py", title="Sweep", icon=":material/grid_view:"),
     st.Page("pages/tradeoffs.py", title="Trade-offs", icon=":material/scatter_plot:"),
     st.Page("pages/export.py", title="Export", icon=":material/download:"),
 ]

@@ -50,6 +50,8 @@ class Job:
     error: str | None = None
     cancel_requested: bool = False
     curve: list[dict] = field(default_factory=list)  # training records of a distill step, as they arrive
+    # work other than one recipe (a sweep): task(on_progress, cancel, on_record) -> the id of the row to show
+    task: Callable[..., str | None] | None = None
 
     @property
     def elapsed_s(self) -> float:
@@ -91,12 +93,16 @@ class Worker:
         self._thread = threading.Thread(target=self._loop, name="squeezelab-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, recipe: Recipe, base: LoadedModel | None = None, label: str = "") -> str:
-        """Queue ``recipe``; ``base`` (the cached model of ``recipe.model``) saves loading it again."""
+    def submit(self, recipe: Recipe, base: LoadedModel | None = None, label: str = "",
+               task: Callable[..., str | None] | None = None) -> str:
+        """Queue ``recipe``; ``base`` (the cached model of ``recipe.model``) saves loading it again.
+
+        ``task`` replaces the run of ``recipe`` by other work (a sweep of it): ``task(on_progress, cancel,
+        on_record)`` returns the id of the result row the job ends on; ``on_record(dict)`` adds to ``curve``."""
         if base is not None and base.source.ref != recipe.model:
             raise ValueError(f"base model {base.source.ref!r} is not the recipe's model {recipe.model!r}")
         job_id = f"{next(self._counter)}-{secrets.token_hex(3)}"
-        job = Job(job_id, recipe, label or describe_recipe(recipe), str(default_results_dir()))
+        job = Job(job_id, recipe, label or describe_recipe(recipe), str(default_results_dir()), task=task)
         with self._lock:
             self._jobs[job_id] = job
             self._cancel[job_id] = threading.Event()
@@ -188,9 +194,12 @@ class Worker:
                 job.curve.append(record)
 
         try:
-            store = _RecordingStore(job.results_dir, lambda run_id: self._update(job, result_id=run_id))
-            row = pipeline.run(job.recipe, store, base=base, on_progress=on_progress, cancel=cancel.is_set,
-                               on_step=on_step)
+            if job.task is not None:
+                result_id = job.task(on_progress, cancel.is_set, on_step)
+            else:
+                store = _RecordingStore(job.results_dir, lambda run_id: self._update(job, result_id=run_id))
+                result_id = pipeline.run(job.recipe, store, base=base, on_progress=on_progress, cancel=cancel.is_set,
+                                         on_step=on_step).id
         except CancelledError as error:
             self._update(job, status="cancelled", error=str(error), finished=time.time())
         except SqueezeLabError as error:  # bad input: the message says what to do
@@ -199,7 +208,7 @@ class Worker:
             log.exception("job %s failed", job.id)
             self._update(job, status="failed", error=describe(error), finished=time.time())
         else:
-            self._update(job, status="done", result_id=row.id, stage="done", fraction=1.0, finished=time.time())
+            self._update(job, status="done", result_id=result_id, stage="done", fraction=1.0, finished=time.time())
 
 
 def describe_recipe(recipe: Recipe) -> str:

@@ -62,12 +62,15 @@ def run(
     on_progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    sweep: str | None = None,
+    sweep_params: str | None = None,
 ) -> ResultRow:
     """Run a recipe end to end, record it in ``store`` and return its result row.
 
     ``base`` lets a caller that already holds the loaded model (the app's cache) skip loading; it is
     never modified: steps run on a deep copy, and a distill step uses it as its (frozen) teacher.
     ``on_step`` receives every training step's record (loss terms, learning rate, perplexity) live.
+    ``sweep`` / ``sweep_params`` (JSON text) tag the row as a trial of a sweep (``core.sweep``).
     """
     # What can be checked without loading fails before any row is written.
     resolve(recipe.model)
@@ -78,7 +81,8 @@ def run(
     if export_spec is not None and export_spec.path:
         check_target(Path(export_spec.path), export_spec.overwrite)
     started = time.perf_counter()
-    with store.run(recipe.model, recipe.to_yaml(), device=recipe.device) as run_id:
+    with store.run(recipe.model, recipe.to_yaml(), device=recipe.device, sweep=sweep,
+                   sweep_params=sweep_params) as run_id:
         report(on_progress, "load", 0.0)
         loaded = base or load(recipe.model, device=recipe.device, dtype=recipe.dtype)
         model = clone(loaded.model) if recipe.steps else loaded.model
