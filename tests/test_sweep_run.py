@@ -46,6 +46,18 @@ def params_count(store: ResultStore, name: str, status: str = "ok") -> Counter:
     return Counter(row.sweep_params for row in store.sweep_rows(name) if row.status == status)
 
 
+def test_the_store_tags_a_sweeps_rows_and_finds_them(tmp_path):
+    store = ResultStore(tmp_path)
+    first = store.start("m", "model: m\n", sweep="a", sweep_params='{"x":1}')
+    store.start("m", "model: m\n")  # a run of its own
+    second = store.start("m", "model: m\n", sweep="b", sweep_params="{}")
+    third = store.start("m", "model: m\n", sweep="a", sweep_params='{"x":2}')
+    assert [r.id for r in store.sweep_rows("a")] == [first, third]
+    assert [r.sweep_params for r in store.sweep_rows("a")] == ['{"x":1}', '{"x":2}']
+    assert [r.id for r in store.sweep_rows()] == [first, second, third]
+    assert store.get(second).sweep == "b" and store.get(second).to_dict()["sweep_params"] == "{}"
+
+
 def test_a_grid_runs_every_trial_as_a_tagged_row_and_resumes_without_redoing_any(tmp_path):
     store = ResultStore(tmp_path)
     spec = SweepSpec.from_dict(grid_sweep())
@@ -120,6 +132,17 @@ def test_a_search_resumes_its_study(tmp_path):
     feasible = {t.user_attrs["result_id"]: t.constraints["perplexity"] <= 0 for t in complete}
     assert {i for i, ok in feasible.items() if ok} == set(second.acceptable)  # the sampler knows the constraint
     assert second.pareto and set(second.pareto) <= {r.id for r in second.trials}
+
+
+def test_a_search_never_runs_the_same_parameters_twice(tmp_path):
+    store = ResultStore(tmp_path)
+    data = search_sweep(trials=5)
+    data["search"]["space"] = {"steps.0.quantize.bits": {"choice": [4, 8]}}  # two points: proposals must repeat
+    report = run_sweep(SweepSpec.from_dict(data), store)
+    assert len(store.sweep_rows("search")) == 3  # the base and the two points, each run once
+    study = SearchPlan(SweepSpec.from_dict(data), sweep_folder(store, "search"), {}, lambda row: {}).study
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5  # repeats answered from the rows
+    assert report.run["ran"] == 2 and report.run["skipped"] == 3
 
 
 def test_a_search_asks_again_for_the_trial_a_killed_run_left_running(tmp_path):

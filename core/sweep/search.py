@@ -7,8 +7,8 @@ leave half-written), so running the sweep again continues the same study:
 
 * a trial the killed process had asked for but never told is marked failed in the study and its
   parameters are queued again, so the next proposal is exactly that trial;
-* a proposal whose parameters already have a finished row (told or not) is answered from that row
-  without running anything;
+* a proposal whose parameters already have a finished row (from this run or an earlier one, told or
+  not) is answered from that row without running anything;
 * the sampler's seed is the sweep's seed plus the number of trials already in the study, so a resumed
   search draws new proposals instead of repeating its first ones.
 
@@ -69,7 +69,7 @@ class SearchPlan:
     def __init__(self, spec: SweepSpec, folder: Path, done: dict[str, ResultRow], constraint_values) -> None:
         require(spec.search is not None, "a search plan needs a sweep with `search:`")
         optuna = _optuna()
-        self.spec, self.search, self.done = spec, spec.search, done
+        self.spec, self.search, self.done = spec, spec.search, dict(done)  # grows as trials finish
         self.constraint_values = constraint_values  # row -> {metric: violation} (<= 0: satisfied)
         self._distributions = {p.path: distribution(p) for p in self.search.space}
         folder.mkdir(parents=True, exist_ok=True)
@@ -126,6 +126,8 @@ class SearchPlan:
         asked = self._asked.pop(trial.number)
         states = self._optuna_states()
         asked.set_user_attr(RESULT_ID, row.id)
+        if row.status == "ok":
+            self.done[trial.key] = row  # a later proposal of the same parameters is answered from this row
         values = [getattr(row, metric) for metric in self.search.objectives]
         if row.status != "ok" or not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
             asked.set_user_attr(FAILED_ROW, row.id)

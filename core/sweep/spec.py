@@ -25,7 +25,6 @@ constraint expressions.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,11 +252,3 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise SpecError(f"sweep file {path} is not valid {kind}: {exc}") from exc
     return SweepSpec.from_dict(data)
 
-
-def direction_lower(objectives: dict[str, str]) -> tuple[bool, ...]:
-    """For each objective, whether lower is better."""
-    return tuple(sense == "min" for sense in objectives.values())
-
-
-def finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
