@@ -99,7 +99,8 @@ def ray_figures(report, results: Path, local_name: str) -> list[str]:
 
     rows = [r for r in report.trials if r.status == "ok" and (r.details or {}).get("ray")]
     overhead = [r.details["ray"]["round_trip_s"] - r.wall_s for r in rows]
-    lines = [f"Ray per-trial overhead (submit to result, less the trial's wall time): median "
+    lines = [f"Ray per-trial overhead (submit to result less the trial's wall time; a worker's start and its loading "
+             f"of the base model included): median "
              f"{statistics.median(overhead):.1f} s, max {max(overhead):.1f} s over {len(rows)} trials"] if rows else []
     local = {r.sweep_params: r.perplexity for r in ResultStore(results).sweep_rows(local_name) if r.status == "ok"}
     shared = [(local[r.sweep_params], r.perplexity) for r in rows if r.sweep_params in local]
