@@ -261,6 +261,9 @@ def test_every_page_renders_and_is_photographed(page, app_url, name) -> None:
         page.get_by_text("by threshold", exact=True).click()
         _metric(page, "Sparsity at this threshold").wait_for()
         _settle(page)
+    if name == "sweep":  # show the sweep's front (below the form) in the README's picture
+        page.locator("[data-testid='stPlotlyChart']").first.scroll_into_view_if_needed()
+        _settle(page)
     _no_exception(page)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)

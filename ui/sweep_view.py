@@ -95,7 +95,8 @@ def report_section(name: str) -> None:
         _front(spec, report, key="sweep-front")
     frame = sweeps.trials_frame(report)
     finished = frame[frame["status"] == "ok"]
-    params = sweeps.param_labels(report)
+    # a parameter that takes one value in every finished trial adds an axis with nothing on it
+    params = {c: label for c, label in sweeps.param_labels(report).items() if finished[c].astype(str).nunique() > 1}
     if len(finished) >= 2 and params:
         st.plotly_chart(sweep_charts.parallel_figure(finished, params, {"perplexity": "perplexity",
                                                                         "size_mb": "size (MB)"}), key="sweep-parallel")
