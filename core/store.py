@@ -183,9 +183,9 @@ class ResultStore:
                     conn.execute(f"ALTER TABLE results ADD COLUMN {name} {types.get(name, 'TEXT')}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def start(self, model: str, recipe: str, device: str | None = None,
-              details: dict[str, Any] | None = None) -> str:
-        """Commit a "running" row for a run about to begin and return its id."""
+    def start(self, model: str, recipe: str, device: str | None = None, details: dict[str, Any] | None = None,
+              sweep: str | None = None, sweep_params: str | None = None) -> str:
+        """Commit a "running" row for a run about to begin and return its id (tagged when a sweep's trial)."""
         for _ in range(5):  # the random suffix makes a clash within one second very unlikely
             now = datetime.now(UTC)
             run_id = f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
@@ -194,9 +194,9 @@ class ResultStore:
                 with self._write() as conn:
                     conn.execute(
                         "INSERT INTO results (id, created, model, recipe, device, status,"
-                        " details, pid) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                        " details, pid, sweep, sweep_params) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
                         (run_id, now.isoformat(timespec="microseconds"), model, recipe, device,
-                         _dump_details(details or {}), os.getpid()))
+                         _dump_details(details or {}), os.getpid(), sweep, sweep_params))
                 return run_id
             except BaseException as e:
                 release(run_id)
@@ -258,6 +258,10 @@ class ResultStore:
                 for r in self._rows("SELECT * FROM results ORDER BY created DESC, id DESC")]
         return [row for row in rows if status is None or row.status == status]
 
+    def sweep_rows(self, sweep: str | None = None) -> list[ResultRow]:
+        """The rows of the sweep named ``sweep`` (of every sweep when None), oldest first."""
+        return [row for row in reversed(self.list()) if row.sweep is not None and sweep in (None, row.sweep)]
+
     def delete(self, run_id: str) -> None:
         """Remove a row and its artifact folder."""
         with self._write() as conn:
@@ -275,10 +279,10 @@ class ResultStore:
         return len(dead)
 
     @contextlib.contextmanager
-    def run(self, model: str, recipe: str, device: str | None = None,
-            details: dict[str, Any] | None = None) -> Iterator[str]:
+    def run(self, model: str, recipe: str, device: str | None = None, details: dict[str, Any] | None = None,
+            sweep: str | None = None, sweep_params: str | None = None) -> Iterator[str]:
         """Start a row and yield its id; the row never stays "running" after the block."""
-        run_id = self.start(model, recipe, device, details)
+        run_id = self.start(model, recipe, device, details, sweep, sweep_params)
         try:
             yield run_id
         except BaseException as e:

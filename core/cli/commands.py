@@ -111,6 +111,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return _run_recipe(recipe, args)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``squeezelab sweep FILE``: run (or resume) a sweep and print its front and best trial."""
+    from core.cli import sweep_output
+    from core.sweep import load_sweep, run_sweep, sweep_cost
+
+    spec = load_sweep(args.file)
+    store = ResultStore(args.results_dir)
+    if not args.json:
+        sweep_output.print_plan(spec, sweep_cost(spec, store, args.max_trials), args.backend)
+    report = run_sweep(spec, store, backend=args.backend, ray_address=args.ray_address, max_trials=args.max_trials,
+                       max_minutes=args.max_minutes, on_trial=sweep_output.trial_printer(not args.json))
+    sweep_output.print_report(report, args.json)
+    return EXIT_OK
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     store = ResultStore(args.results_dir, read_only=True)  # listing writes nothing: no folder, schema or reaping
     if args.csv:
@@ -142,5 +157,5 @@ def cmd_build_samples(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "eval": cmd_eval, **{kind: step_command(kind) for kind in STEPS}, "run": cmd_run, "export": cmd_export,
-    "history": cmd_history, "app": cmd_app, "build-samples": cmd_build_samples,
+    "sweep": cmd_sweep, "history": cmd_history, "app": cmd_app, "build-samples": cmd_build_samples,
 }

@@ -86,6 +86,18 @@ def _add_export_parser(commands) -> None:  # noqa: ANN001
     _add_common(ex)
 
 
+def _add_sweep_parser(commands) -> None:  # noqa: ANN001
+    sw = commands.add_parser("sweep", help="run a grid or an Optuna search over recipe fields (resumable)")
+    sw.add_argument("file", type=Path, help="a sweep file (YAML or JSON): sweep, base, grid or search, constraint")
+    sw.add_argument("--backend", choices=["local", "ray"], default="local",
+                    help="local: trials one after another in this process; ray: Ray tasks (pip install -e \".[ray]\")")
+    sw.add_argument("--ray-address", default=None,
+                    help="auto | HOST:PORT: join that Ray cluster (default: start one on this machine, 127.0.0.1 only)")
+    sw.add_argument("--max-trials", type=int, default=None, help="start at most N trials now (the next run goes on)")
+    sw.add_argument("--max-minutes", type=float, default=None, help="start no trial after M minutes")
+    _add_common(sw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="squeezelab", description="Compress causal language models and measure what it costs.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -104,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(rn)
 
     _add_export_parser(commands)
+    _add_sweep_parser(commands)
 
     hist = commands.add_parser("history", help="list stored results")
     hist.add_argument("--csv", action="store_true", help="print CSV with the result-row columns")

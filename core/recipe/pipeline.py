@@ -77,6 +77,8 @@ def run(
     cancel: CancelFn | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
     abort: CancelFn | None = None,
+    sweep: str | None = None,
+    sweep_params: str | None = None,
 ) -> ResultRow:
     """Run a recipe end to end, record it in ``store`` and return its result row.
 
@@ -86,6 +88,7 @@ def run(
     ``cancel()`` stops the run with ``CancelledError`` (a cancelled row, no metrics), unless a step stops
     gracefully (distillation, a recovery fine-tune): then later steps are skipped, the model is evaluated as
     it stands (``abort()``, a second cancel, may stop that too), not exported, and stored as "cancelled".
+    ``sweep`` / ``sweep_params`` (JSON text) tag the row as a trial of a sweep (``core.sweep``).
     """
     # What can be checked without loading fails before any row is written.
     resolve(recipe.model)
@@ -97,7 +100,8 @@ def run(
         check_target(Path(export_spec.path), export_spec.overwrite)
     preflight.check(recipe, base)  # the model's config, its steps on shapes, every count: before any load or row
     started = time.perf_counter()
-    with store.run(recipe.model, recipe.to_yaml(), device=recipe.device) as run_id:
+    with store.run(recipe.model, recipe.to_yaml(), device=recipe.device, sweep=sweep,
+                   sweep_params=sweep_params) as run_id:
         report(on_progress, "load", 0.0)
         loaded = base or load(recipe.model, device=recipe.device, dtype=recipe.dtype, **recipe.load_options)
         model = clone(loaded.model) if recipe.steps else loaded.model
