@@ -69,6 +69,19 @@ def apply_steps(recipe: Recipe, model: torch.nn.Module, context: StepContext) ->
     return model, reports
 
 
+def check_before_start(recipe: Recipe, base: LoadedModel | None = None) -> ExportSpec | None:
+    """Everything that can be checked without loading weights, before any row is written; the export spec."""
+    resolve(recipe.model)
+    pick_dtype(pick_device(recipe.device), recipe.dtype)
+    data.check_source(recipe.evaluation.text)
+    data.check_source(recipe.calibration.text)
+    export_spec = ExportSpec.from_dict(recipe.export) if recipe.export else None
+    if export_spec is not None and export_spec.path:
+        check_target(Path(export_spec.path), export_spec.overwrite)
+    preflight.check(recipe, base)  # the model's config, its steps on shapes, every count: before any load or row
+    return export_spec
+
+
 def run(
     recipe: Recipe,
     store: ResultStore,
@@ -90,15 +103,7 @@ def run(
     it stands (``abort()``, a second cancel, may stop that too), not exported, and stored as "cancelled".
     ``sweep`` / ``sweep_params`` (JSON text) tag the row as a trial of a sweep (``core.sweep``).
     """
-    # What can be checked without loading fails before any row is written.
-    resolve(recipe.model)
-    pick_dtype(pick_device(recipe.device), recipe.dtype)
-    data.check_source(recipe.evaluation.text)
-    data.check_source(recipe.calibration.text)
-    export_spec = ExportSpec.from_dict(recipe.export) if recipe.export else None
-    if export_spec is not None and export_spec.path:
-        check_target(Path(export_spec.path), export_spec.overwrite)
-    preflight.check(recipe, base)  # the model's config, its steps on shapes, every count: before any load or row
+    export_spec = check_before_start(recipe, base)
     started = time.perf_counter()
     with store.run(recipe.model, recipe.to_yaml(), device=recipe.device, sweep=sweep,
                    sweep_params=sweep_params) as run_id:
