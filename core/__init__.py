@@ -9,7 +9,8 @@ nothing here creates an import cycle. A notebook, the CLI, the app or a worker u
 
 The packages, one per part of the engine (each ``__init__`` lists its modules):
 ``models``, ``calibration``, ``prune``, ``quantize``, ``distill``, ``plan``, ``evaluate``, ``export``, ``recipe``,
-``cli``; and the shared modules ``checks``, ``errors``, ``progress``, ``layers``, ``data``, ``store``, ``technique``.
+``sweep``, ``cli``; and the shared modules ``checks``, ``errors``, ``progress``, ``layers``, ``data``, ``store``,
+``technique``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ _PUBLIC: dict[str, str] = {
     "CalibrationSpec": "core.calibration.spec", "EvalSpec": "core.evaluate.spec",
     "ResultStore": "core.store", "ResultRow": "core.store", "RESULT_FIELDS": "core.store",
     "UnknownResultError": "core.store", "default_results_dir": "core.store",
+    # sweeps: many recipes from one, a grid or an Optuna search
+    "SweepSpec": "core.sweep.spec", "SweepReport": "core.sweep.report", "load_sweep": "core.sweep.spec",
+    "run_sweep": "core.sweep.run", "sweep_report": "core.sweep.run", "sweep_cost": "core.sweep.run",
+    "stored_sweep": "core.sweep.run", "sweep_names": "core.sweep.run",
     # techniques
     "PruneSpec": "core.prune.spec", "prune_": "core.prune.apply", "ThresholdPreview": "core.prune.preview",
     "StructuredSpec": "core.prune.structured.spec", "params_removed": "core.prune.structured.apply",

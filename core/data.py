@@ -9,8 +9,12 @@ A text source is a string (the same in the CLI, recipes and the UI):
 
 from __future__ import annotations
 
+import codecs
+import functools
 import json
 import os
+import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +29,15 @@ WIKITEXT2_VALID_SOURCE = "wikitext2-valid"  # calibration default for other mode
 DEFAULT_SOURCE = "default"
 PLAIN_TEXT_SUFFIXES = (".txt", ".raw", ".tokens")  # WikiText ships its splits as .raw / .tokens plain text
 TEXT_SUFFIXES = (*PLAIN_TEXT_SUFFIXES, ".parquet", ".jsonl")
+# Above this share of control characters a "text" is binary data (or UTF-16 read as UTF-8), and its
+# perplexity would be a number about noise. Real text, even source code full of tabs, has next to none.
+MAX_CONTROL_SHARE = 0.05
+# Tab, newline, carriage return and form feed (Python's own source has form feeds) are text; the other
+# C0 and C1 controls, DEL and U+FFFD (what an earlier lossy decode left) are not.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufffd]")
+# UTF-32 first: its little-endian mark begins with UTF-16's.
+_BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "UTF-32LE"), (codecs.BOM_UTF32_BE, "UTF-32BE"),
+                     (codecs.BOM_UTF16_LE, "UTF-16LE"), (codecs.BOM_UTF16_BE, "UTF-16BE"))
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -74,15 +87,14 @@ def load_text(source: str, default: str = WIKITEXT2_SOURCE) -> Text:
 
 
 def check_source(source: str) -> None:
-    """Refuse, before any work starts, a source that is neither a known name nor a readable file."""
+    """Refuse, before any work starts, a source that is neither a known name nor a readable text file.
+
+    A file is read and checked in full (empty, not UTF-8, binary, a folder): what would fail the run fails
+    here, before a result row is written. The text is kept for ``load_text``, so it is read once.
+    """
     name = source.strip() if source else DEFAULT_SOURCE
-    if name in KNOWN_SOURCES:
-        return
-    path = Path(name)
-    if not path.is_file():
-        read_text_file(path)  # raises the message that names the known sources
-    if path.suffix.lower() not in TEXT_SUFFIXES:
-        raise TextSourceError(f"cannot read {path.name!r}: text files must end in {', '.join(TEXT_SUFFIXES)}")
+    if name not in KNOWN_SOURCES:
+        read_text_file(Path(name))
 
 
 def sample_heldout_text() -> str:
@@ -132,35 +144,128 @@ def _datasets_rows(config: str, split: str, local_name: str) -> list[str]:
 
 
 def read_text_file(path: Path) -> str:
-    """Read a ``.txt``, ``.parquet`` (column ``text``) or ``.jsonl`` (field ``text``) file."""
+    """Read a ``.txt``, ``.parquet`` (column ``text``) or ``.jsonl`` (field ``text``) file as checked text.
+
+    Refused, each with what to do: a missing file, a folder, an unknown suffix, an empty file, bytes that
+    are not UTF-8 (where, and how to convert them), text that is mostly control characters.
+    """
     if not path.exists():
         raise TextSourceError(
             f"text source {str(path)!r} is neither a known name ({DEFAULT_SOURCE}, {SAMPLE_SOURCE}, "
             f"{WIKITEXT2_SOURCE}) nor an existing file; give one of those or a path to a "
             f"{'/'.join(TEXT_SUFFIXES)} file"
         )
-    suffix = path.suffix.lower()
-    if suffix in PLAIN_TEXT_SUFFIXES:
-        return path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix.lower() not in TEXT_SUFFIXES:
+        raise TextSourceError(f"cannot read {path.name!r}: text files must end in {', '.join(TEXT_SUFFIXES)}")
+    if not path.is_file():
+        raise TextSourceError(f"text source {str(path)!r} is a folder, not a file; give the path of the text file "
+                              "inside it")
+    stat = path.stat()
+    return _read_checked(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_checked(path: str, _mtime_ns: int, _size: int) -> str:
+    """The checked text of a file; keyed by modification time and size, so an edited file is read again."""
+    file = Path(path)
+    suffix = file.suffix.lower()
     if suffix == ".parquet":
-        return "\n\n".join(_parquet_rows(path))
-    if suffix == ".jsonl":
-        return "\n\n".join(_jsonl_rows(path))
-    raise TextSourceError(f"cannot read {path.name!r}: text files must end in {', '.join(TEXT_SUFFIXES)}")
+        text = "\n\n".join(_parquet_rows(file))
+    elif suffix == ".jsonl":
+        text = "\n\n".join(_jsonl_rows(file))
+    else:
+        text = decode_text(_read_bytes(file), path)
+    return check_text(text, path)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TextSourceError(f"cannot read {path} ({exc.strerror or exc}); check that it is a file you may read") \
+            from exc
+
+
+def decode_text(raw: bytes, name: str) -> str:
+    """``raw`` as UTF-8 text (a UTF-8 byte-order mark is dropped); ``name`` is how messages call the file.
+
+    Other encodings are refused rather than guessed: UTF-16/32 by their byte-order mark, anything else at
+    the first byte that is not UTF-8, each with the ``iconv`` command that converts it. Binary data is
+    called binary. The text still needs ``check_text`` (empty, mostly control characters).
+    """
+    for mark, encoding in _BYTE_ORDER_MARKS:
+        if raw.startswith(mark):
+            raise TextSourceError(
+                f"{name} is {encoding} text (it starts with a {encoding[:6]} byte-order mark), but SqueezeLab reads "
+                f"UTF-8; convert it first: iconv -f {encoding[:6]} -t UTF-8 {_quoted(name)} > {_converted(name)}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TextSourceError(_not_utf8_message(raw, exc.start, name)) from exc
+
+
+def _not_utf8_message(raw: bytes, offset: int, name: str) -> str:
+    line = raw.count(b"\n", 0, offset) + 1
+    where = f"byte {offset}, on line {line}, is 0x{raw[offset]:02x}"
+    controls = len(re.findall(rb"[\x00-\x08\x0b\x0e-\x1f\x7f]", raw))
+    if controls > MAX_CONTROL_SHARE * len(raw):
+        return (f"{name} is binary data, not text: it is not UTF-8 ({where}) and {controls / len(raw):.0%} of its "
+                "bytes are control codes; give a UTF-8 text file")
+    return (f"{name} is not UTF-8 text: {where}. If it is Latin-1 (or another 8-bit encoding), convert it first: "
+            f"iconv -f latin1 -t utf-8 {_quoted(name)} > {_converted(name)}")
+
+
+def check_text(text: str, name: str) -> str:
+    """``text`` if it is worth scoring; refuse an empty text, or one with more than ``MAX_CONTROL_SHARE`` of
+    control characters (binary data, or UTF-16 without its byte-order mark, read as UTF-8)."""
+    if not text.strip():
+        raise TextSourceError(f"{name} holds no text ({'only whitespace' if text else 'it is empty'}); "
+                              "give a file with text in it")
+    controls = _CONTROL.findall(text)
+    if len(controls) > MAX_CONTROL_SHARE * len(text):
+        first = _CONTROL.search(text).start()
+        hint = (f"; if it is UTF-16 text without a byte-order mark (a NUL after every letter), convert it: "
+                f"iconv -f UTF-16LE -t UTF-8 {_quoted(name)} > {_converted(name)}") if "\x00" in controls else ""
+        raise TextSourceError(
+            f"{name} is not text: {len(controls) / len(text):.0%} of its {len(text):,} characters are control "
+            f"characters (the first at character {first}); give a UTF-8 text file{hint}")
+    return text
+
+
+def _quoted(name: str) -> str:
+    return shlex.quote(name)
+
+
+def _converted(name: str) -> str:
+    """Where the conversion command writes: ``notes.txt`` -> ``notes.utf8.txt`` beside it."""
+    path = Path(name)
+    return shlex.quote(str(path.with_name(f"{path.stem}.utf8{path.suffix or '.txt'}")))
 
 
 def _parquet_rows(path: Path) -> list[str]:
     import pandas as pd
+    import pyarrow
 
-    frame = pd.read_parquet(path)
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError, pyarrow.ArrowException) as exc:
+        raise TextSourceError(
+            f"{path} is not a readable Parquet file ({exc}); it may be truncated or in another format: write it "
+            "again (e.g. pandas' DataFrame.to_parquet) or give a .txt file") from exc
     if "text" not in frame.columns:
         raise TextSourceError(f"{path} has no column 'text' (columns: {', '.join(map(str, frame.columns))})")
-    return [str(value) for value in frame["text"].fillna("")]
+    values = frame["text"].fillna("")
+    wrong = next((row for row, value in enumerate(values) if not isinstance(value, str)), None)
+    if wrong is not None:
+        raise TextSourceError(f"{path}: column 'text' holds {type(values.iloc[wrong]).__name__} values (row {wrong}), "
+                              "not text; store the text as strings")
+    return list(values)
 
 
 def _jsonl_rows(path: Path) -> list[str]:
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # split on "\n" only: str.splitlines() would also split inside a record at U+2028 or U+0085
+    for number, line in enumerate(decode_text(_read_bytes(path), str(path)).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -169,7 +274,10 @@ def _jsonl_rows(path: Path) -> list[str]:
             raise TextSourceError(f"{path}, line {number}: not valid JSON ({exc.msg})") from exc
         if not isinstance(record, dict) or "text" not in record:
             raise TextSourceError(f"{path}, line {number}: each line must be an object with a 'text' field")
-        rows.append(str(record["text"]))
+        if not isinstance(record["text"], str):
+            raise TextSourceError(
+                f"{path}, line {number}: 'text' must be a string, got {json.dumps(record['text'])[:40]}")
+        rows.append(record["text"])
     return rows
 
 

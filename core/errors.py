@@ -50,3 +50,17 @@ class CancelledError(SqueezeLabError):
 
 class ExportError(SqueezeLabError):
     """An export cannot be written where asked (unwritable, full or occupied path); nothing was left there."""
+
+
+class UnreadableFileError(SqueezeLabError):
+    """A file exists but is not what it should be: empty, truncated, garbled, binary or in another encoding."""
+
+
+class ModelFileError(UnreadableFileError):
+    """A model's config, weights, tokenizer or GGUF file cannot be read, or its parts disagree."""
+
+
+class ResultStoreError(SqueezeLabError):
+    """The results folder or database cannot be used: a file in the way, no permission, no space, or damage.
+
+    The message names the path and a way out; SqueezeLab never deletes or rewrites a damaged database."""

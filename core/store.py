@@ -4,6 +4,8 @@ The database lives at `<root>/results.db` (WAL mode, so the app, a background wo
 process can write at once) and artifacts at `<root>/artifacts/<id>/`. A row is committed as
 "running" before any work starts, so a crash can leave a row that says "running" but never a
 missing one; `reap_interrupted()` turns such orphans into failed rows that say what happened.
+`ResultStore(root, read_only=True)` only reads: it creates no folder, schema or file, migrates and
+reaps nothing, and shows an orphaned "running" row as failed without changing it.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ import os
 import secrets
 import shutil
 import sqlite3
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,7 +26,9 @@ from typing import Any, TextIO
 import pandas as pd
 
 from core.checks import check_keys
-from core.errors import CancelledError, SqueezeLabError
+from core.errors import CancelledError, ResultStoreError, SqueezeLabError
+from core.store_access import check_intact, check_paths, make_folders, read_only_rows, translated
+from core.store_claims import abandoned, claim, mark, own_scratch, release, scratch_name, unmark
 
 RESULT_FIELDS: tuple[str, ...] = (
     "id", "created", "model", "recipe", "perplexity", "base_perplexity", "top1_acc",
@@ -45,13 +48,6 @@ _INTS = ("params", "nonzero_params", "size_bytes", "peak_mem_bytes", "pid")
 # What `finish(**metrics)` may set; id, created, model, recipe and pid belong to `start`.
 METRIC_FIELDS: tuple[str, ...] = (*_FLOATS, "params", "nonzero_params", "size_bytes",
                                   "peak_mem_bytes", "kernel", "device")
-
-# Process-wide by nature: the run ids and scratch folders this process is working on, whichever
-# ResultStore instance made them. A Streamlit rerun builds a new store while a worker thread still
-# runs; without this set the new store would take the live run for an interrupted one.
-_CLAIMED: set[str] = set()
-_CLAIMED_LOCK = threading.Lock()
-
 
 class UnknownResultError(SqueezeLabError, KeyError):
     """No row has the given id."""
@@ -119,14 +115,21 @@ def default_results_dir() -> Path:
 
 class ResultStore:
     """Results history under `root` (default `default_results_dir()`). Safe to use from several
-    threads and processes at once: every call opens its own short connection."""
+    threads and processes at once: every call opens its own short connection. `read_only=True`
+    (history, the app's listings) writes nothing at all; a missing folder then reads as empty."""
 
-    def __init__(self, root: Path | str | None = None) -> None:
+    def __init__(self, root: Path | str | None = None, read_only: bool = False) -> None:
         self.root = Path(root).expanduser() if root is not None else default_results_dir()
         self.artifacts = self.root / "artifacts"
-        self.artifacts.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "results.db"
-        self._create_schema()
+        self.read_only = read_only
+        if read_only:
+            check_paths(self.root, self.artifacts, self.db_path)
+            return
+        check_intact(self.db_path)  # a damaged database is reported as it is, never written into
+        make_folders(self.root, self.artifacts, self.db_path)
+        with translated(self.db_path):
+            self._create_schema()
         self._clean_scratch_folders()
         self.reap_interrupted()
 
@@ -141,10 +144,25 @@ class ResultStore:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with contextlib.closing(self._connect()) as conn:
+        if self.read_only:
+            raise RuntimeError(f"the store at {self.root} was opened read-only; open ResultStore(root) to write")
+        with translated(self.db_path), contextlib.closing(self._connect()) as conn:
             conn.execute("BEGIN IMMEDIATE")
             with conn:  # commit on success, roll back on exception
                 yield conn
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """The rows of a SELECT on `results`; a read-only store reads without writing anything."""
+        if self.read_only:
+            return read_only_rows(self.db_path, sql, args, SCHEMA_VERSION)
+        with translated(self.db_path), contextlib.closing(self._connect()) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def _as_seen(self, row: ResultRow) -> ResultRow:
+        """A read-only store shows an orphaned "running" row as the failed row the next writer will make it."""
+        if self.read_only and row.status == "running" and abandoned(row.id, row.pid):
+            return replace(row, status="failed", error=INTERRUPTED)
+        return row
 
     def _create_schema(self) -> None:
         types = {**dict.fromkeys(_FLOATS, "REAL"), **dict.fromkeys(_INTS, "INTEGER")}
@@ -165,23 +183,23 @@ class ResultStore:
                     conn.execute(f"ALTER TABLE results ADD COLUMN {name} {types.get(name, 'TEXT')}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def start(self, model: str, recipe: str, device: str | None = None,
-              details: dict[str, Any] | None = None) -> str:
-        """Commit a "running" row for a run about to begin and return its id."""
+    def start(self, model: str, recipe: str, device: str | None = None, details: dict[str, Any] | None = None,
+              sweep: str | None = None, sweep_params: str | None = None) -> str:
+        """Commit a "running" row for a run about to begin and return its id (tagged when a sweep's trial)."""
         for _ in range(5):  # the random suffix makes a clash within one second very unlikely
             now = datetime.now(UTC)
             run_id = f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-            _claim(run_id)  # before the insert, so no reaper ever sees it unclaimed
+            claim(run_id)  # before the insert, so no reaper ever sees it unclaimed
             try:
                 with self._write() as conn:
                     conn.execute(
                         "INSERT INTO results (id, created, model, recipe, device, status,"
-                        " details, pid) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                        " details, pid, sweep, sweep_params) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
                         (run_id, now.isoformat(timespec="microseconds"), model, recipe, device,
-                         _dump_details(details or {}), os.getpid()))
+                         _dump_details(details or {}), os.getpid(), sweep, sweep_params))
                 return run_id
             except BaseException as e:
-                _release(run_id)
+                release(run_id)
                 if not isinstance(e, sqlite3.IntegrityError):
                     raise
         raise RuntimeError("Could not find a free result id after 5 tries")
@@ -204,7 +222,7 @@ class ResultStore:
             conn.execute(f"UPDATE results SET status = ?, error = NULL, details = ?{sets} "
                          "WHERE id = ?", (status, _dump_details(details), *values.values(), run_id))
             row = self._get(conn, run_id)
-        _release(run_id)
+        release(run_id)
         return row
 
     def fail(self, run_id: str, error: str, status: str = "failed") -> None:
@@ -215,7 +233,7 @@ class ResultStore:
             self._get(conn, run_id)  # a clear error for an unknown id
             conn.execute("UPDATE results SET status = ?, error = ? WHERE id = ?",
                          (status, error, run_id))
-        _release(run_id)
+        release(run_id)
 
     def _get(self, conn: sqlite3.Connection, run_id: str) -> ResultRow:
         found = conn.execute("SELECT * FROM results WHERE id = ?", (run_id,)).fetchone()
@@ -226,18 +244,23 @@ class ResultStore:
 
     def get(self, run_id: str) -> ResultRow:
         """The row with this id; UnknownResultError (a KeyError) if there is none."""
-        with contextlib.closing(self._connect()) as conn:
-            return self._get(conn, run_id)
+        found = self._rows("SELECT * FROM results WHERE id = ?", (run_id,))
+        if not found:
+            raise UnknownResultError(f"No result with id {run_id!r} in {self.db_path}; "
+                                     "list() shows the ids that exist.")
+        return self._as_seen(ResultRow.from_dict(dict(found[0])))
 
     def list(self, status: str | None = None) -> list[ResultRow]:
         """All rows, newest first; only those with `status` when given."""
         if status is not None and status not in STATUSES:
             raise ValueError(f"Unknown status {status!r}; choose one of {', '.join(STATUSES)}")
-        where, args = ("WHERE status = ?", (status,)) if status else ("", ())
-        with contextlib.closing(self._connect()) as conn:
-            rows = conn.execute(f"SELECT * FROM results {where} "
-                                "ORDER BY created DESC, id DESC", args).fetchall()
-        return [ResultRow.from_dict(dict(r)) for r in rows]
+        rows = [self._as_seen(ResultRow.from_dict(dict(r)))
+                for r in self._rows("SELECT * FROM results ORDER BY created DESC, id DESC")]
+        return [row for row in rows if status is None or row.status == status]
+
+    def sweep_rows(self, sweep: str | None = None) -> list[ResultRow]:
+        """The rows of the sweep named ``sweep`` (of every sweep when None), oldest first."""
+        return [row for row in reversed(self.list()) if row.sweep is not None and sweep in (None, row.sweep)]
 
     def delete(self, run_id: str) -> None:
         """Remove a row and its artifact folder."""
@@ -250,16 +273,16 @@ class ResultStore:
         """Mark "running" rows whose process is gone as failed; return how many."""
         with self._write() as conn:
             running = conn.execute("SELECT id, pid FROM results WHERE status = 'running'")
-            dead = [r["id"] for r in running.fetchall() if _abandoned(r["id"], r["pid"])]
+            dead = [r["id"] for r in running.fetchall() if abandoned(r["id"], r["pid"])]
             conn.executemany("UPDATE results SET status = 'failed', error = ? WHERE id = ?",
                              [(INTERRUPTED, run_id) for run_id in dead])
         return len(dead)
 
     @contextlib.contextmanager
-    def run(self, model: str, recipe: str, device: str | None = None,
-            details: dict[str, Any] | None = None) -> Iterator[str]:
+    def run(self, model: str, recipe: str, device: str | None = None, details: dict[str, Any] | None = None,
+            sweep: str | None = None, sweep_params: str | None = None) -> Iterator[str]:
         """Start a row and yield its id; the row never stays "running" after the block."""
-        run_id = self.start(model, recipe, device, details)
+        run_id = self.start(model, recipe, device, details, sweep, sweep_params)
         try:
             yield run_id
         except BaseException as e:
@@ -267,9 +290,9 @@ class ResultStore:
             try:
                 self.fail(run_id, f"{type(e).__name__}: {e}",
                           "cancelled" if cancelled else "failed")
-            except (sqlite3.Error, KeyError):
+            except (sqlite3.Error, KeyError, ResultStoreError):
                 # the original error matters more; the next reap marks the row interrupted
-                _release(run_id)
+                release(run_id)
             raise
         if self.get(run_id).status == "running":
             self.fail(run_id, "finished without a result")
@@ -282,15 +305,19 @@ class ResultStore:
     def write_artifact(self, run_id: str) -> Iterator[Path]:
         """Yield an empty temporary folder; when the block succeeds it atomically becomes
         `artifact_dir(run_id)` (replacing an older one); when it fails nothing is left."""
+        if self.read_only:
+            raise RuntimeError(f"the store at {self.root} was opened read-only; open ResultStore(root) to write")
         self.get(run_id)
-        tmp = self.artifacts / _scratch_name(".tmp-", run_id)
+        tmp = self.artifacts / scratch_name(".tmp-", run_id)
         try:
             tmp.mkdir()
+            mark(tmp)
             yield tmp
+            unmark(tmp)  # it becomes the artifact: the marker stays behind only on a crash
             self._move_into_place(tmp, self.artifact_dir(run_id))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            _release(tmp.name)
+            release(tmp.name)
         with self._write() as conn:
             conn.execute("UPDATE results SET artifact_path = ? WHERE id = ?",
                          (str(self.artifact_dir(run_id)), run_id))
@@ -298,30 +325,37 @@ class ResultStore:
     def _move_into_place(self, tmp: Path, final: Path) -> None:
         # A folder cannot be renamed over a non-empty one: move the old one aside, rename the new
         # one in, then delete the old. A crash in between leaves `.old-*`, restored at startup.
-        old = self.artifacts / _scratch_name(".old-", final.name)
+        old = self.artifacts / scratch_name(".old-", final.name)
         try:
             had_old = final.exists()
             if had_old:
                 os.replace(final, old)
+                mark(old)
             try:
                 os.replace(tmp, final)
             except OSError:
                 if had_old:
+                    unmark(old)
                     os.replace(old, final)
                 raise
             shutil.rmtree(old, ignore_errors=True)
         finally:
-            _release(old.name)
+            release(old.name)
 
     def _clean_scratch_folders(self) -> None:
-        """Delete scratch folders of crashed writers; restore an artifact a crash left aside."""
+        """Delete scratch folders of crashed writers; restore an artifact a crash left aside.
+
+        Only provably SqueezeLab's own entries (``store_claims.own_scratch``: exact name, real folder, marker)
+        whose writer is gone are touched; anything else under ``artifacts/`` is left as it is.
+        """
         for path in [*self.artifacts.glob(".tmp-*"), *self.artifacts.glob(".old-*")]:
-            parts = path.name.rsplit("-", 2)  # [".tmp-<id>", "<pid>", "<random>"]
-            pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
-            if not _abandoned(path.name, pid):
+            owned = own_scratch(path)
+            if owned is None or not abandoned(path.name, owned[2]):
                 continue
-            final = self.artifacts / parts[0][len(".old-"):]
-            if path.name.startswith(".old-") and not final.exists():
+            kind, name, _pid = owned
+            final = self.artifacts / name
+            if kind == "old" and not final.exists() and final.parent == self.artifacts:
+                unmark(path)
                 os.replace(path, final)
             else:
                 shutil.rmtree(path, ignore_errors=True)
@@ -358,38 +392,3 @@ def _coerce(name: str, value: Any) -> Any:
         return out
     except (TypeError, ValueError):
         raise ValueError(f"{name}={value!r} is not a {kind}; pass a {kind} or None") from None
-
-
-def _claim(name: str) -> str:
-    with _CLAIMED_LOCK:
-        _CLAIMED.add(name)
-    return name
-
-
-def _release(name: str) -> None:
-    with _CLAIMED_LOCK:
-        _CLAIMED.discard(name)
-
-
-def _scratch_name(prefix: str, run_id: str) -> str:
-    # `<prefix><id>-<pid>-<random>`: the pid tells other processes whether the writer is alive
-    return _claim(f"{prefix}{run_id}-{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def _abandoned(name: str, pid: int | None) -> bool:
-    """Whether the owner of a row or scratch folder is gone: its process no longer exists, or it
-    has our pid but nobody in this process claimed it (containers reuse the same small pids)."""
-    with _CLAIMED_LOCK:
-        if name in _CLAIMED:
-            return False
-    if pid is None or pid == os.getpid():
-        return True
-    if os.name == "nt":  # there os.kill(pid, 0) would terminate the process: assume alive
-        return False
-    try:
-        os.kill(pid, 0)  # signal 0 only checks that the process exists
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # it exists but belongs to another user
-        return False
-    return False

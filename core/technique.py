@@ -37,6 +37,8 @@ class StepContext:
     teacher: nn.Module | None = None  # the recipe's base model, untouched by every step (read-only)
     on_step: Callable[[dict[str, Any]], None] | None = None  # per-step training records (distill)
     handed_over: nn.Module | None = None  # a step that trained another model than the one it was given
+    # how another model a step loads (a teacher or student reference) may be loaded: the recipe's opt-ins
+    load_options: dict[str, bool] = field(default_factory=dict)
 
     def take_model(self, current: nn.Module) -> nn.Module:
         """The model the next step works on: the one a step handed over, else ``current``."""

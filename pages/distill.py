@@ -4,7 +4,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import Recipe, Step, evenly_spaced_layers
-from ui import cache, jobs, modelinfo, navigation, sources, state
+from ui import cache, forms, jobs, modelinfo, navigation, state
 from ui.errors import shown
 
 navigation.inside_app()
@@ -69,8 +69,7 @@ def training_params() -> dict:
                               key="distill_eval_every", **SESSION)
     minutes = right.number_input("Time budget in minutes (0: none)", 0.0, 10_000.0, 0.0, key="distill_minutes",
                                  **SESSION)
-    choices = sources.calibration_text_choices(selection.text, selection.text_label)
-    text = st.selectbox("Training text", list(choices), format_func=choices.get, key="distill_text", **SESSION)
+    text = forms.training_text("Training text", "training", selection, loaded, "distill_text")
     return {"temperature": float(temperature), "alpha": float(alpha), "steps": int(steps), "lr": lr,
             "batch_size": int(batch), "seqlen": int(seqlen), "eval_every": int(every),
             "max_minutes": float(minutes) or None, "text": text}
@@ -93,8 +92,8 @@ def curve_figures(curve: list[dict]) -> tuple[go.Figure, go.Figure]:
 
 
 def distill_report(job: jobs.Job) -> dict | None:
-    """The distill step's report of a finished job, from the results store."""
-    if job.status != "done" or not job.result_id:
+    """The distill step's report of a finished job (or of one cancelled while training), from the results store."""
+    if job.status not in ("done", "cancelled") or not job.result_id:
         return None
     row = cache.store_at(job.results_dir).get(job.result_id)
     return next((s for s in row.details.get("steps", []) if s.get("kind") == "distill"), None)
@@ -126,7 +125,7 @@ with shown("These settings cannot run"):
     if note:
         st.warning(note)
     recipe = Recipe(model=selection.model, steps=(*before, Step("distill", params)), evaluation=evaluation,
-                    device=selection.recipe_device, dtype=selection.recipe_dtype)
+                    device=selection.recipe_device, dtype=selection.recipe_dtype, **selection.load_options)
 
 if recipe is not None:
     st.caption(f"Evaluated on {selection.protocol(loaded.context_length)}"

@@ -39,11 +39,12 @@ def label(row: ResultRow) -> str:
 
 
 @st.cache_data(show_spinner="Checking which formats this model can be written in...", max_entries=8)
-def format_reasons(ref: str, device: str, dtype: str) -> dict[str, str | None]:
+def format_reasons(ref: str, device: str, dtype: str, allow_pickle: bool = False,
+                   trust_remote_code: bool = False) -> dict[str, str | None]:
     """None per format the model's architecture and tokenizer can be written in, else the reason."""
     from core import writable_formats
 
-    loaded = cache.load_base(ref, device, dtype)
+    loaded = cache.load_base(ref, device, dtype, allow_pickle, trust_remote_code)
     return writable_formats(loaded.model, loaded.tokenizer)
 
 
@@ -92,10 +93,10 @@ def show_export(row: ResultRow) -> None:
         return
     cols = st.columns(4)
     cols[0].metric("Artifact on disk", f"{export['size_bytes'] / 1e6:,.2f} MB",
-                   delta=f"weights {export['weights_bytes'] / 1e6:,.2f} MB", delta_color="off")
+                   delta=f"weights {export['weights_bytes'] / 1e6:,.2f} MB", **jobs.NEUTRAL)
     passed = export.get("check_passed")
     cols[1].metric("Reload check", "passed" if passed else "FAILED",
-                   delta=f"{export['windows']} windows x {export['seqlen']} tokens", delta_color="off")
+                   delta=f"{export['windows']} windows x {export['seqlen']} tokens", **jobs.NEUTRAL)
     cols[2].metric("Perplexity before export", f"{export['perplexity_before']:.4f}")
     cols[3].metric("Perplexity after reload", f"{export['perplexity_after']:.4f}",
                    delta=f"{100 * (export['perplexity_after'] / export['perplexity_before'] - 1):+.3f}%",
@@ -140,9 +141,13 @@ if (picked.details or {}).get("export"):
     st.divider()
 recipe = Recipe.from_dict(yaml.safe_load(picked.recipe))
 device, dtype = recipe.device or "auto", recipe.dtype or "auto"
+opted_in = [name for name, given in recipe.load_options.items() if given]
+if opted_in:
+    st.caption(f":warning: This result's recipe opts in to {' and '.join(opted_in)} (chosen when it ran); the export "
+               "loads the model the same way.")
 reasons = None
 with shown(f"Cannot load model {recipe.model!r}"):
-    reasons = format_reasons(recipe.model, device, dtype)
+    reasons = format_reasons(recipe.model, device, dtype, **recipe.load_options)
 if reasons is not None:
     if all(reasons.values()):
         st.error("This model cannot be written in any format: " + "; ".join(f"{k}: {v}" for k, v in reasons.items()))
@@ -156,6 +161,6 @@ if reasons is not None:
         with st.expander("Recipe"):
             st.code(recipe.to_yaml(), language="yaml")
         if st.button("Export", type="primary"):
-            base = cache.load_base(recipe.model, device, dtype)
+            base = cache.load_base(recipe.model, device, dtype, **recipe.load_options)
             state.remember_job(jobs.submit(recipe, base))
 jobs.job_panel(extra=job_extra)

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import Recipe
-from ui import cache, charts, jobs, modelinfo, navigation, state
+from ui import cache, charts, jobs, modelinfo, navigation, results, state
 from ui.errors import shown
 
 navigation.inside_app()
@@ -57,19 +57,24 @@ if state.flag(baseline_key):
     with shown("Measuring the baseline"):
         measured = cache.baseline_metrics(selection.model, spec.text, spec.seqlen, spec.max_windows,
                                           selection.device, selection.dtype, spec.latency)
+        baseline = results.baseline_row(selection.model, measured)
         cols = st.columns(4)
-        cols[0].metric("Perplexity", f"{measured['perplexity']:.3f}")
+        cols[0].metric("Perplexity", results.perplexity_value(baseline),
+                       help="± half the 95% interval over the evaluation windows")
         cols[1].metric("Top-1 accuracy", f"{measured['top1_acc']:.1%}")
         cols[2].metric("Tokens scored", f"{measured['tokens_scored']:,}",
                        help=f"{measured['windows']} windows of {measured['seqlen']} tokens")
         if measured["prefill_ms"] is not None:
             latency = measured["latency"]
             cols[3].metric("Decode", f"{measured['decode_tok_s']:.1f} tokens/s",
-                           delta=f"prefill {measured['prefill_ms']:.1f} ms", delta_color="off")
-            st.caption(f"Speed: batch 1, prompt {latency['prompt_tokens']} tokens, {latency['new_tokens']} new "
-                       f"tokens, median of {latency['runs']} runs, {latency['threads']} threads on "
-                       f"{latency['device']} ({latency['dtype']}); peak memory "
+                           delta=f"prefill {measured['prefill_ms']:.1f} ms", delta_color="off", delta_arrow="off")
+        st.caption(results.interval_caption(baseline))
+        if measured["prefill_ms"] is not None:
+            st.caption(f"Speed: {results.speed_caption(baseline)}; prompt {latency['prompt_tokens']} tokens, "
+                       f"{latency['new_tokens']} new tokens, medians ({latency['dtype']}); peak memory "
                        f"{measured['peak_mem_bytes'] / 2**20:,.0f} MiB.")
+        for note in results.notes(baseline):
+            st.warning(note)
 jobs.job_panel()
 
 st.subheader("Generate")

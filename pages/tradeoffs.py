@@ -9,11 +9,17 @@ from ui.errors import shown
 
 navigation.inside_app()
 
-TABLE_COLUMNS = ["id", "created", "model", "method", "perplexity", "base_perplexity", "top1_acc", "top1_agreement",
-                 "kl_to_base", "zeros", "size_bytes_axis", "bits_per_weight", "prefill_ms", "decode_tok_s",
+TABLE_COLUMNS = ["id", "created", "model", "method", "perplexity", "perplexity_ci_low", "perplexity_ci_high",
+                 "base_perplexity", "vs_base", "top1_acc", "top1_agreement", "kl_to_base", "zeros", "size_bytes_axis",
+                 "bits_per_weight", "prefill_ms", "decode_tok_s",
                  "kernel", "device", "protocol", "wall_s"]
 COLUMN_CONFIG = {
     "perplexity": st.column_config.NumberColumn(format="%.3f"),
+    "perplexity_ci_low": st.column_config.NumberColumn("95% CI low", format="%.3f",
+                                                       help="95% interval of the perplexity over the windows"),
+    "perplexity_ci_high": st.column_config.NumberColumn("95% CI high", format="%.3f"),
+    "vs_base": st.column_config.TextColumn("vs base (paired)", help="Perplexity change against the base model on "
+                                           "the same windows; 'within noise' when its paired 95% interval holds 0"),
     "base_perplexity": st.column_config.NumberColumn("base ppl", format="%.3f"),
     "top1_acc": st.column_config.NumberColumn("top-1", format="percent"),
     "top1_agreement": st.column_config.NumberColumn("agree", format="percent"),
@@ -58,7 +64,9 @@ def chart(frame: pd.DataFrame) -> None:
     st.plotly_chart(figure, key="tradeoffs_chart")
     missing = len(frame) - len(plotted)
     st.caption(f"Better is lower perplexity and {'lower' if lower_better else 'higher'} {label}; the dotted line is "
-               "the Pareto frontier (the results no other result beats on both). Diamonds are base models. Size "
+               "the Pareto frontier (the results no other result beats on both). Diamonds are base models. Error "
+               "bars are each perplexity's 95% interval over its evaluation windows: two results measured on the same "
+               "windows compare more tightly, pairwise (below, and \"vs base\" in the table). Size "
                "counts the bytes the weights take as stored, so a pruned model stored densely is not smaller."
                + (f" {missing} result(s) without {label} are not plotted." if missing else ""))
 
@@ -73,6 +81,9 @@ def compare(frame: pd.DataFrame, rows: dict[str, ResultRow]) -> None:
     a = left.selectbox("A", ids, index=1, key="tradeoffs_a", format_func=names.get)
     b = right.selectbox("B", ids, index=0, key="tradeoffs_b", format_func=names.get)
     st.dataframe(results.compare_table(rows[a], rows[b]))
+    paired = results.paired_between(rows[a], rows[b])
+    st.caption(paired or "These two were not scored on the same windows (model and evaluation), so no paired "
+                         "comparison: compare their intervals.")
     layers = {names[i]: results.layer_frame(rows[i]) for i in dict.fromkeys((a, b))}
     layers = {name: layer for name, layer in layers.items() if layer is not None}
     if not layers:

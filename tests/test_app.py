@@ -6,6 +6,7 @@ with tiny evaluation settings (2 windows of 64 tokens, no latency), so each take
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from core import data
 from core.evaluate import EvalSpec, measure_size
 from core.prune.structured import StructuredSpec, params_removed
 from core.recipe import Recipe, Step
@@ -100,7 +102,7 @@ def test_model_page_measures_the_baseline_and_generates(results_dir: Path) -> No
     app = use_student_with_tiny_eval(start())
     button(app, "Measure the baseline").click().run()
     assert not app.exception
-    perplexity = float(metric(app, "Perplexity"))
+    perplexity = float(metric(app, "Perplexity").split(" ± ")[0])  # "value ± half-width of the 95% interval"
     assert 1.0 < perplexity < 4096.0  # between a perfect model and uniform guessing over the vocabulary
     assert metric(app, "Tokens scored") == f"{TINY_EVAL.max_windows * (TINY_EVAL.seqlen - 1):,}"
     button(app, "Generate (greedy)").click().run()
@@ -297,3 +299,175 @@ def test_the_export_page_exports_a_stored_result_and_offers_the_zip(results_dir:
     assert metric(app, "Reload check") == "passed"
     downloads = [b for b in app.get("download_button") if b.proto.label == "Download zip"]
     assert len(downloads) == 1
+
+
+# ---- what a new user sees: the model's own texts, the URL, the opt-ins, the job's page, a kept cancel ---------
+
+
+def test_the_sample_models_calibrate_and_train_on_their_training_text_by_default(results_dir: Path) -> None:
+    """The samples' default calibration and training text is `sample-train` in every form (not WikiText-2)."""
+    forms = {"pages/quantize.py": ("quant_method", "gptq", "quantize_calib_text::"),
+             "pages/prune.py": ("prune_method", "wanda", "prune_calib_text::"),
+             "pages/distill.py": ("distill_student", "layer_drop", "distill_text::")}
+    for model in ("sample:teacher", "sample:student"):
+        app = start({"model": model})
+        for page, (method_key, method, text_key) in forms.items():
+            app.switch_page(page).run()
+            if page == "pages/distill.py":
+                app.radio(key=method_key).set_value(method).run()
+            else:
+                app.selectbox(key=method_key).select(method).run()
+            assert not app.exception and not app.error, (page, [e.value for e in app.error])
+            text = app.selectbox(key=f"{text_key}{model}")
+            assert text.value == "sample-train", (model, page, text.value)
+            assert "this model's default" in text.format_func(text.value)
+            assert not app.warning, [w.value for w in app.warning]  # the same domain as the sample evaluation text
+            recipe = next(c.value for c in app.code if "steps:" in c.value)
+            assert "text: sample-train" in recipe
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not data.wikitext2_available(), reason="needs WikiText-2 in ../shared/data")
+def test_a_calibration_text_from_another_domain_than_the_evaluation_text_is_a_warning(results_dir: Path) -> None:
+    """The samples' training text (Python source) to calibrate, WikiText-2 to evaluate: the form says so."""
+    # a bound picker keeps its option label in the URL
+    app = start({"model": "sample:student", "eval_text": "WikiText-2 raw test"}).switch_page("pages/quantize.py").run()
+    app.selectbox(key="quant_method").select("gptq").run()
+    assert app.selectbox(key="quantize_calib_text::sample:student").value == "sample-train"
+    assert any("from another domain than the evaluation text 'wikitext2'" in w.value for w in app.warning)
+    app.selectbox(key="quantize_calib_text::sample:student").select("wikitext2-valid").run()
+    assert not app.warning and not app.exception
+
+
+def test_the_url_keeps_the_evaluation_settings(results_dir: Path) -> None:
+    """Sidebar settings live in the URL's query parameters: a reload (a new session on the same URL) keeps them."""
+    url = {"model": "sample:student", "eval_seqlen": "64", "eval_windows": "2", "eval_latency": "false",
+           "device": "cpu", "dtype": "fp32", "eval_text": "Sample text (held-out Python source)"}
+    app = start(url)
+    assert not app.exception
+    assert app.number_input(key="eval_seqlen").value == 64 and app.number_input(key="eval_windows").value == 2
+    assert app.toggle(key="eval_latency").value is False
+    assert app.selectbox(key="device").value == "cpu" and app.selectbox(key="dtype").value == "fp32"
+    app.switch_page("pages/prune.py").run()
+    assert any("seqlen 64, at most 2 windows" in c.value for c in app.caption)
+    recipe = next(c.value for c in app.code if "steps:" in c.value)
+    assert "seqlen: 64" in recipe and "max_windows: 2" in recipe and "latency: false" in recipe
+    assert "dtype: fp32" in recipe and "device: cpu" in recipe
+
+
+def test_the_opt_ins_are_off_until_ticked_and_recorded_in_the_recipe(results_dir: Path, tmp_path: Path) -> None:
+    from tests.helpers import pickle_only_folder
+
+    folder = str(pickle_only_folder(tmp_path / "pickled", family="llama"))
+    app = start({"allow_pickle": "true", "trust_remote_code": "true"})  # a link cannot tick them
+    assert app.checkbox(key="allow_pickle").value is False and app.checkbox(key="trust_remote_code").value is False
+    captions = [c.value for c in app.sidebar.caption]
+    assert any("npickling can run code" in c for c in captions)
+    assert any("uns code from the model's repository" in c for c in captions)
+    app.selectbox(key="model").select("__other__").run()
+    app.text_input(key="model_ref").input(folder).run()
+    assert any("pickle" in e.value for e in app.error) and any("sidebar" in i.value for i in app.info)
+    app.checkbox(key="allow_pickle").check().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert metric(app, "Context") == "128 tokens"  # the model page of the pickled model
+    app.switch_page("pages/prune.py").run()
+    recipe = next(c.value for c in app.code if "steps:" in c.value)
+    assert "allow_pickle: true" in recipe and "trust_remote_code" not in recipe
+    app.switch_page("pages/model.py").run()
+    app.selectbox(key="model").select("sample:student").run()  # another model: the opt-ins are cleared
+    assert app.checkbox(key="allow_pickle").value is False
+
+
+def test_a_job_is_shown_on_the_page_that_started_it_and_linked_from_the_others(results_dir: Path) -> None:
+    app = use_student_with_tiny_eval(start()).switch_page("pages/prune.py").run()
+    button(app, "Run").click().run()
+    job = finished(app.query_params["job"])
+    assert job.status == "done" and job.page == "pages/prune.py", job
+    app.run()
+    assert any(job.result_id in s.value for s in app.success)  # the panel, on its page
+    assert [m.label for m in app.metric] == ["Perplexity", "Top-1 accuracy", "Zeros", "Size"]
+    for page in ("pages/quantize.py", "pages/model.py", "pages/tradeoffs.py"):
+        app.switch_page(page).run()
+        assert not app.exception
+        assert not any(job.result_id in s.value for s in app.success), f"the prune job's panel is on {page}"
+        links = [link for link in app.sidebar.get("page_link") if "Prune page" in link.proto.label]
+        assert links and links[0].proto.page == "prune", page  # the Prune page's URL path
+    assert app.query_params["job"] == job.id  # still followed: back on the Prune page it is drawn again
+
+
+def test_a_quantized_result_has_no_zeros_headline(results_dir: Path) -> None:
+    quantized = Recipe(model="sample:student", evaluation=TINY_EVAL, steps=(Step("quantize", {"method": "rtn"}),))
+    job = finished(jobs.worker().submit(quantized, cache.load_base("sample:student"), page="pages/quantize.py"))
+    assert job.status == "done", job.error
+    app = start({"job": job.id}).switch_page("pages/quantize.py").run()
+    assert not app.exception
+    assert [m.label for m in app.metric] == ["Perplexity", "Top-1 accuracy", "Size"]
+
+
+def test_cancelling_a_distillation_keeps_its_best_student_metrics_and_curve(results_dir: Path) -> None:
+    worker = jobs.worker()
+    distill = Recipe(model="sample:teacher", evaluation=TINY_EVAL, steps=(Step("distill", {
+        "student": "sample:student", "steps": 500, "batch_size": 2, "seqlen": 64, "eval_windows": 2,
+        "eval_every": 1, "text": "sample-train"}),))
+    job_id = worker.submit(distill, cache.load_base("sample:teacher"), page="pages/distill.py")
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while len(worker.get(job_id).curve) < 3 and time.monotonic() < deadline:  # step 0 and two trained steps
+        time.sleep(0.05)
+    worker.cancel(job_id)
+    job = finished(job_id)
+    assert job.status == "cancelled" and job.result_id, job.error
+    row = ResultStore(results_dir).get(job.result_id)
+    assert row.status == "cancelled" and row.error is None and row.perplexity is not None and row.details
+    report = row.details["steps"][0]
+    assert report["stopped"] == "cancelled" and 2 <= report["steps_done"] < 500
+    assert report["curve"] == job.curve and len(report["curve"]) == report["steps_done"] + 1
+    assert row.params == measure_size(cache.load_base("sample:student").model).params  # the student was kept
+
+    app = start({"job": job_id}).switch_page("pages/distill.py").run()
+    assert not app.exception
+    assert any(f"stored as result {row.id}" in w.value for w in app.warning)
+    assert float(metric(app, "Perplexity").split(" ± ")[0]) == pytest.approx(row.perplexity, rel=0.01)
+    assert len(app.get("plotly_chart")) == 2  # the curves of the steps done
+    assert any(f"{report['steps_done']}/500 steps (cancelled)" in c.value for c in app.caption)
+
+
+def test_the_sweep_page_offers_a_grid_and_refuses_an_empty_one(results_dir: Path) -> None:
+    app = start().switch_page("pages/sweep.py").run()
+    assert not app.exception and not app.error
+    assert any("No sweep yet" in i.value for i in app.info)
+    plan = next(i.value for i in app.info if i.value.startswith("Sweep `"))
+    assert "3 trials" in plan  # the base measurement and the default grid's two trials
+    assert not button(app, "Run sweep").disabled
+    app.multiselect(key="sweep_grid_quantize_bits").set_value([]).run()
+    assert any("grid.steps.0.quantize.bits must be a non-empty list" in e.value for e in app.error)
+    assert button(app, "Run sweep").disabled
+    app.radio(key="sweep_mode").set_value("search").run()
+    assert not app.exception and not app.error
+    assert "21 trials" in next(i.value for i in app.info if i.value.startswith("Sweep `"))  # base + a budget of 20
+
+
+def test_the_sweep_page_runs_a_grid_and_shows_the_front_and_the_best_trial(results_dir: Path) -> None:
+    app = use_student_with_tiny_eval(start()).switch_page("pages/sweep.py").run()
+    app.multiselect(key="sweep_grid_quantize_bits").set_value([2, 8]).run()
+    button(app, "Run sweep").click().run()
+    assert not app.exception and not app.error
+    job = finished(app.query_params["job"])
+    assert job.status == "done", job.error
+    assert [record["finished"] for record in job.curve] == [1, 2]  # a record per finished trial, live
+    store = ResultStore(results_dir)
+    name = store.sweep_rows()[0].sweep
+    rows = store.sweep_rows(name)
+    assert len(rows) == 3 and all(row.status == "ok" and row.model == "sample:student" for row in rows)
+    best = min((r for r in rows if r.sweep_params != "{}" and r.perplexity <= 1.10 * rows[0].perplexity),
+               key=lambda r: r.size_bytes)
+    assert job.result_id == best.id
+
+    app.run()
+    assert not app.exception and not app.error
+    assert any(s.value.startswith(f"Best acceptable trial: {best.id}") for s in app.success)
+    front = next(chart for chart in app.get("plotly_chart") if "Pareto front" in chart.proto.spec)
+    assert best.id in front.proto.spec and "base" in front.proto.spec
+    assert any("Parcoords" in chart.proto.spec or "parcoords" in chart.proto.spec for chart in app.get("plotly_chart"))
+    table = app.dataframe[0].value
+    assert set(table["id"]) == {r.id for r in rows if r.sweep_params != "{}"} and table["best"].sum() == 1
+    assert app.code and app.code[-1].value.strip() == best.recipe.strip()  # the best trial's recipe, to rerun or export

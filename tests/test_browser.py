@@ -4,8 +4,11 @@
 skips them with the reason otherwise; never `playwright install`. One Streamlit server on
 127.0.0.1 (a free port, an empty results history) and one browser serve the whole module, and the
 tests run in file order: the slider preview, a prune job on the sample teacher and its point on
-Trade-offs, the Export download, then every page with its screenshot in docs/screenshots/ (which
-the README shows). About two minutes on two CPU cores.
+Trade-offs, the Export download, a small sweep and its front, then every page with its screenshot in
+docs/screenshots/ (which the README shows). About two minutes on two CPU cores.
+
+Every request the page makes is recorded: a test fails when the page asked any host but the app's own
+server (127.0.0.1:<port>), since an offline user would see that request fail.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 import urllib.request
 import zipfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -27,8 +31,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 SHOTS = ROOT / "docs" / "screenshots"
+# screenshot name -> URL path (the Model page is the default, at the root)
 PAGES = {"model": "", "prune": "prune", "quantize": "quantize", "distill": "distill", "tradeoffs": "tradeoffs",
-         "export": "export"}  # screenshot name -> URL path (the Model page is the default, at the root)
+         "export": "export", "sweep": "sweep"}
 RUN_TIMEOUT_MS = 240_000  # one script run; the first loads the model
 JOB_TIMEOUT_MS = 300_000  # a magnitude job with 2 windows of 64 tokens takes seconds; the margin is for a busy machine
 
@@ -72,14 +77,41 @@ def app_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def requested() -> list[str]:
+    """Every URL the browser asked for (documents, scripts, fonts, images, fetches, web sockets), in order."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def page(app_url, requested):
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (the dev extra)")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        context.on("request", lambda request: requested.append(request.url))  # every tab, every frame
+        tab = context.new_page()
+        tab.on("websocket", lambda socket: requested.append(socket.url))
         tab.set_default_timeout(RUN_TIMEOUT_MS)
         yield tab
         browser.close()
+
+
+def foreign(urls: list[str], app_url: str) -> list[str]:
+    """The URLs of ``urls`` that leave this machine's app server (inline data: and blob: URLs never do)."""
+    own = urlparse(app_url).netloc
+    return [url for url in urls if urlparse(url).scheme not in ("data", "blob") and urlparse(url).netloc != own]
+
+
+@pytest.fixture(autouse=True)
+def nothing_but_the_apps_server(request, app_url):
+    """After each test: the page asked no host but the app's own (an offline user would see a failed request)."""
+    if "page" not in request.fixturenames:
+        yield
+        return
+    seen = request.getfixturevalue("requested")
+    before = len(seen)
+    yield
+    assert foreign(seen[before:], app_url) == [], "the page requested hosts other than the app's own server"
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +191,9 @@ def test_the_threshold_slider_moves_the_live_preview(page, app_url) -> None:
         "before => [...document.querySelectorAll('[data-testid=\"stMetric\"]')].some(m =>"
         " m.innerText.includes('Sparsity at this threshold') && !m.innerText.includes(before))", arg=before)
     _settle(page)
+    page.wait_for_function(  # the bars are redrawn after the metric: wait for the chart, not only the number
+        "before => JSON.stringify(document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .js-plotly-plot')[0]"
+        ".data[0].y) !== JSON.stringify(before)", arg=bars_before)
     after, bars_after = sparsity.inner_text(), _chart_data(page)[0]["y"]
     _no_exception(page)
     assert float(after.rstrip("%")) > float(before.rstrip("%")), (before, after)
@@ -172,6 +207,10 @@ def test_a_prune_job_finishes_and_shows_on_tradeoffs(page, app_url, finished_job
     _set_number(page, "Windows (0 = every window)", 2)
     page.get_by_text("Measure speed (prefill, decode, peak memory)").click()
     _settle(page)
+    for kept in ("eval_seqlen=64", "eval_windows=2", "eval_latency=false"):  # the URL keeps the sidebar's settings
+        assert kept in page.url, page.url
+    _open(page, page.url)  # a reload: a new session on the same URL
+    assert page.get_by_label("Window length (seqlen)", exact=True).input_value() == "64"
     assert page.get_by_text("seqlen 64, at most 2 windows (sidebar settings)").is_visible()
 
     page.get_by_role("button", name="Run", exact=True).click()  # magnitude, target sparsity 50%: the defaults
@@ -229,6 +268,29 @@ def test_export_downloads_a_zip_with_the_weights(page, app_url, finished_job, tm
     assert weights and all(size > 0 for size in weights.values()), sorted(sizes)
 
 
+def test_a_sweep_fills_the_front_and_names_the_best_trial(page, app_url) -> None:
+    _open(page, f"{app_url}/sweep")
+    _set_number(page, "Window length (seqlen)", 64)
+    _set_number(page, "Windows (0 = every window)", 2)
+    page.get_by_text("Measure speed (prefill, decode, peak memory)").click()
+    _settle(page)
+    plan = page.locator("[data-testid='stAlertContentInfo']").first.inner_text()
+    assert re.match(r"Sweep \S+: 3 trials", plan), plan  # the base and RTN at 4 and 8 bits
+
+    page.get_by_role("button", name="Run sweep", exact=True).click()
+    best = page.get_by_text(re.compile(r"Best acceptable trial: \S+"))
+    best.wait_for(timeout=JOB_TIMEOUT_MS)
+    _settle(page)
+    _no_exception(page)
+    best_id = re.search(r"Best acceptable trial: (\S+)", best.inner_text()).group(1)
+    traces = {trace["name"]: trace for index in range(page.locator("[data-testid='stPlotlyChart']").count())
+              for trace in _chart_data(page, index) if trace["name"]}
+    front = [point[0] for point in traces["Pareto front"]["customdata"]]
+    assert best_id in front and len(front) >= 1
+    assert [point[0] for point in traces["best acceptable"]["customdata"]] == [best_id]
+    assert "base model" in traces and all(y > 1 for y in traces["Pareto front"]["y"])
+
+
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_renders_and_is_photographed(page, app_url, name) -> None:
     """Each page in a fresh session; its screenshot (after the job above, so Trade-offs has points) for the README."""
@@ -237,7 +299,20 @@ def test_every_page_renders_and_is_photographed(page, app_url, name) -> None:
         page.get_by_text("by threshold", exact=True).click()
         _metric(page, "Sparsity at this threshold").wait_for()
         _settle(page)
+    if name == "sweep":  # show the sweep's front (below the form) in the README's picture
+        page.locator("[data-testid='stPlotlyChart']").first.scroll_into_view_if_needed()
+        _settle(page)
     _no_exception(page)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
+
+
+def test_the_page_asked_nothing_but_the_apps_own_server(page, app_url, requested) -> None:
+    """Over the whole session (every page, a job, a download): only 127.0.0.1:<port>, and the check can fail."""
+    assert any(urlparse(url).netloc == urlparse(app_url).netloc for url in requested)  # it recorded the session
+    assert any(url.startswith("ws") for url in requested)  # web sockets too
+    assert foreign(requested, app_url) == []
+    offline_breakers = ["https://fonts.gstatic.com/s/i/short-term/release/materialsymbolsrounded/memory/default/24px.svg",
+                        "http://127.0.0.1:1/", f"{app_url}/_stcore/health", "data:image/svg+xml,<svg/>"]
+    assert foreign(offline_breakers, app_url) == offline_breakers[:2]

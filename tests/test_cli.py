@@ -225,3 +225,49 @@ def test_console_module_exit_code_for_a_missing_model(tmp_path):
     assert proc.stderr.startswith("squeezelab:")
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+# ---- the opt-ins the refusals name: --allow-pickle, --trust-remote-code -----------------------------------------
+
+
+def test_a_pickle_only_model_is_refused_without_allow_pickle_and_loads_with_it(tmp_path, text_file, results_env,
+                                                                                capsys):
+    from tests.helpers import pickle_only_folder
+
+    folder = str(pickle_only_folder(tmp_path / "pickled", family="llama"))
+    assert_bad_input(call(eval_args(folder, text_file, results_env)), capsys.readouterr().err, "--allow-pickle")
+    (refused,) = ResultStore(results_env).list()  # loading starts after the row is written: it says why it failed
+    assert refused.status == "failed" and "pickle" in refused.error
+    code = call(eval_args(folder, text_file, results_env, "--allow-pickle", "--json"))
+    out, err = capsys.readouterr()
+    assert code == EXIT_OK, err
+    row = json.loads(out)
+    assert row["status"] == "ok" and 1 < row["perplexity"] < 1000
+    assert yaml.safe_load(row["recipe"])["allow_pickle"] is True  # the stored recipe repeats the choice
+
+    recipe = tmp_path / "stored.yaml"
+    recipe.write_text(row["recipe"])
+    assert call(["run", str(recipe), "--json", "--results-dir", str(results_env)]) == EXIT_OK, capsys.readouterr().err
+    capsys.readouterr()
+    recipe.write_text(yaml.safe_dump({**yaml.safe_load(row["recipe"]), "allow_pickle": False}))
+    assert_bad_input(call(["run", str(recipe), "--results-dir", str(results_env)]), capsys.readouterr().err,
+                     "pickle")
+    assert call(["run", str(recipe), "--allow-pickle", "--results-dir", str(results_env)]) == EXIT_OK  # an override
+
+
+@pytest.mark.parametrize("command", ["eval", "prune", "quantize", "distill", "run", "export"])
+def test_every_command_that_loads_a_model_takes_the_opt_ins(command):
+    from core.cli.parser import build_parser
+
+    source = {"run": ["recipe.yaml"], "export": ["sample:teacher", "--format", "hf", "--out", "x"]}.get(command, [])
+    args = build_parser().parse_args([command, *source, "--allow-pickle", "--trust-remote-code"])
+    assert args.allow_pickle is True and args.trust_remote_code is True
+    defaults = build_parser().parse_args([command, *source])
+    assert defaults.allow_pickle is False and defaults.trust_remote_code is False
+
+
+def test_a_model_that_needs_remote_code_is_refused_with_the_flag_to_pass(tmp_path, text_file, results_env, capsys):
+    from tests.helpers import remote_code_folder
+
+    folder = str(remote_code_folder(tmp_path / "custom"))
+    assert_bad_input(call(eval_args(folder, text_file, results_env)), capsys.readouterr().err, "--trust-remote-code")

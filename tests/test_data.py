@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -192,3 +193,98 @@ def test_load_text_wikitext2_from_shared_data():
     assert text.name == "wikitext2"
     assert len(text.text) > 1_000_000  # the raw test split is about 1.3 MB
     assert "\n\n" in text.text
+
+
+# --- what is text: UTF-8, not empty, not mostly control characters ---------------------------
+
+
+def test_decode_text_drops_a_utf8_byte_order_mark():
+    assert core.data.decode_text(b"\xef\xbb\xbfdef x(): pass\n", "a.txt") == "def x(): pass\n"
+
+
+def test_decode_text_names_the_byte_and_line_and_how_to_convert():
+    raw = "first line\nsecond caf\u00e9\n".encode("latin-1")
+    with pytest.raises(TextSourceError) as info:
+        core.data.decode_text(raw, "notes.txt")
+    message = str(info.value)
+    assert "notes.txt is not UTF-8 text" in message
+    assert f"byte {raw.index(0xE9)}, on line 2" in message
+    assert "iconv -f latin1 -t utf-8 notes.txt > notes.utf8.txt" in message
+
+
+@pytest.mark.parametrize(("encoding", "named"), [("utf-16", "UTF-16"), ("utf-32", "UTF-32")])
+def test_decode_text_refuses_utf16_and_utf32_by_their_byte_order_mark(encoding, named):
+    with pytest.raises(TextSourceError, match=f"{named}.*iconv -f {named}"):
+        core.data.decode_text("def x(): pass\n".encode(encoding), "a.txt")
+
+
+def test_decode_text_calls_random_bytes_binary():
+    import random
+
+    with pytest.raises(TextSourceError, match="a.bin is binary data, not text"):
+        core.data.decode_text(random.Random(0).randbytes(2000), "a.bin")
+
+
+def test_check_text_keeps_tabs_newlines_and_form_feeds():
+    text = "def x():\n\treturn 1\r\n\f\n" * 50
+    assert core.data.check_text(text, "a.txt") == text
+
+
+def test_check_text_refuses_more_than_five_percent_control_characters():
+    body = "x" * 95
+    assert core.data.check_text(body + "\x01" * 4, "a.txt")  # 4%: text with a few stray bytes
+    with pytest.raises(TextSourceError, match="6% of its 101 characters are control characters"):
+        core.data.check_text(body + "\x01" * 6, "a.txt")
+
+
+def test_check_text_recognises_utf16_without_its_byte_order_mark():
+    with pytest.raises(TextSourceError, match="iconv -f UTF-16LE"):
+        core.data.check_text("def x(): pass\n".encode("utf-16-le").decode("utf-8"), "a.txt")
+
+
+@pytest.mark.parametrize(("content", "phrase"), [("", "it is empty"), (" \n\t ", "only whitespace")])
+def test_check_text_refuses_an_empty_text(content, phrase):
+    with pytest.raises(TextSourceError, match=phrase):
+        core.data.check_text(content, "a.txt")
+
+
+def test_check_source_reads_a_file_once_and_again_after_it_changes(tmp_path: Path):
+    path = tmp_path / "eval.txt"
+    path.write_text("first version of the text\n", encoding="utf-8")
+    core.data.check_source(str(path))
+    assert load_text(str(path)).text == "first version of the text\n"
+    path.write_bytes("caf\u00e9 and more\n".encode("latin-1"))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    with pytest.raises(TextSourceError, match="not UTF-8"):
+        core.data.check_source(str(path))
+
+
+def test_check_source_refuses_a_folder_with_a_text_suffix(tmp_path: Path):
+    (tmp_path / "eval.txt").mkdir()
+    with pytest.raises(TextSourceError, match="is a folder"):
+        core.data.check_source(str(tmp_path / "eval.txt"))
+
+
+def test_load_text_jsonl_keeps_a_line_separator_inside_a_record(tmp_path: Path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"text": "a\u2028b"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert load_text(str(path)).text == "a\u2028b"
+
+
+@pytest.mark.parametrize("value", [5, None, ["a"]])
+def test_load_text_jsonl_text_must_be_a_string(tmp_path: Path, value):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"text": value}) + "\n")
+    with pytest.raises(TextSourceError, match="line 1: 'text' must be a string"):
+        load_text(str(path))
+
+
+def test_load_text_parquet_of_numbers_or_damaged_bytes_is_refused(tmp_path: Path):
+    numbers = tmp_path / "numbers.parquet"
+    pd.DataFrame({"text": [1, 2]}).to_parquet(numbers)
+    with pytest.raises(TextSourceError, match="holds int64 values"):
+        load_text(str(numbers))
+    damaged = tmp_path / "damaged.parquet"
+    damaged.write_bytes(numbers.read_bytes()[:40])
+    with pytest.raises(TextSourceError, match="not a readable Parquet file"):
+        load_text(str(damaged))

@@ -25,7 +25,7 @@ from core.distill import (
 from core.distill.loss import distill_loss, hidden_mse, kd_kl
 from core.distill.qat import FakeQuantLinear, fake_quantize_, repack_
 from core.distill.train import _Trainer, hidden_pairs
-from core.errors import SpecError, TextSourceError
+from core.errors import CancelledError, SpecError, TextSourceError, UnsafeModelError
 from core.evaluate import EvalSpec, evaluate_quality
 from core.layers import block_linear_layers, decoder_blocks
 from core.prune import PruneSpec, prune_
@@ -33,6 +33,7 @@ from core.quantize import QuantizeSpec, quantize_
 from core.quantize.qlinear import QuantLinear
 from core.recipe import Recipe, Step, pipeline
 from core.store import ResultStore
+from tests.helpers import pickle_only_folder
 
 TINY = {"steps": 4, "batch_size": 2, "seqlen": 64, "eval_windows": 2, "eval_every": 2, "text": "sample-train"}
 
@@ -402,6 +403,25 @@ def test_cancel_stops_at_the_next_step_and_keeps_the_best_so_far(teacher, train_
     assert "kept the weights of step" in report.notes[0]
 
 
+def test_a_cancel_measures_the_steps_trained_since_the_last_evaluation(teacher, train_ids):
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 3  # three steps run, none of them evaluated (eval_every 10)
+
+    spec = DistillSpec(student="layer_drop", **{**TINY, "steps": 10, "eval_every": 10})
+    copy, _ = build_student_(models.clone(teacher.model), spec)
+    windows = heldout(teacher, 2, 64)
+    report = distill_(copy, teacher.model, spec, train_ids, windows, cancel=cancel)
+    assert report.stopped == "cancelled" and report.steps_done == 3 and len(report.curve) == 5
+    last = report.curve[-1]  # an evaluation-only record of the weights trained so far
+    assert last["step"] == 3 and last["loss"] is None and last["eval_perplexity"] == report.last_perplexity
+    assert report.best_perplexity == min(report.initial_perplexity, report.last_perplexity)
+    assert report.best_step == (3 if report.last_perplexity < report.initial_perplexity else 0)
+    assert evaluate_quality(copy, windows).perplexity == pytest.approx(report.best_perplexity, rel=1e-6)
+
+
 def test_the_time_budget_ends_training_after_the_step_that_crosses_it(teacher, train_ids):
     spec = DistillSpec(student="layer_drop", max_minutes=1e-6, **TINY)
     copy, _ = build_student_(models.clone(teacher.model), spec)
@@ -453,6 +473,51 @@ def test_a_model_reference_student_replaces_the_model_for_evaluation(tmp_path, t
     row = pipeline.run(recipe, ResultStore(tmp_path), base=teacher)
     assert row.params == sum(p.numel() for p in student.model.parameters())
     assert row.base_perplexity < row.perplexity and row.top1_agreement is not None
+
+
+def test_a_cancelled_distillation_is_stored_with_its_best_student_metrics_and_curve(tmp_path, student, train_text):
+    """Cancel mid-training: the best weights so far are evaluated and stored (status cancelled, with metrics and
+    the curve); the steps after the distillation do not run and the row says so."""
+    records = []
+    recipe = Recipe(model="sample:student", evaluation=TINY_EVAL, steps=(
+        Step("distill", {"student": "layer_drop", **TINY, "steps": 50, "eval_every": 1, "text": train_text}),
+        Step("quantize", {"method": "rtn", "bits": 4, "group_size": 32})))
+    store = ResultStore(tmp_path)
+    row = pipeline.run(recipe, store, base=student, cancel=lambda: len(records) > 3, on_step=records.append)
+    assert row.status == "cancelled" and row.error is None and store.get(row.id).status == "cancelled"
+    assert row.perplexity is not None and 1 < row.perplexity < row.base_perplexity * 100 and row.top1_acc is not None
+    report = row.details["steps"][0]
+    assert len(row.details["steps"]) == 1 and "dense" in row.kernel  # the quantize step did not run
+    assert report["stopped"] == "cancelled" and report["steps_done"] == 3 and report["curve"] == records
+    evaluated = {r["step"]: r["eval_perplexity"] for r in report["curve"]}
+    assert report["best_step"] == min(evaluated, key=evaluated.get)
+    assert any("cancelled during step 1" in note and "not run: rtn w4 g32 sym" in note for note in row.details["notes"])
+    layer_dropped = report["student_params"]
+    assert row.params == layer_dropped < sum(p.numel() for p in student.model.parameters())
+
+
+def test_a_second_cancel_stops_the_evaluation_of_a_cancelled_distillation(tmp_path, student, train_text):
+    records = []
+    recipe = Recipe(model="sample:student", evaluation=TINY_EVAL,
+                    steps=(Step("distill", {"student": "layer_drop", **TINY, "steps": 50, "text": train_text}),))
+    store = ResultStore(tmp_path)
+    with pytest.raises(CancelledError, match="evaluation cancelled"):
+        pipeline.run(recipe, store, base=student, cancel=lambda: len(records) > 2, on_step=records.append,
+                     abort=lambda: True)
+    (row,) = store.list()
+    assert row.status == "cancelled" and row.perplexity is None and len(records) == 3
+
+
+def test_a_pickled_student_loads_only_with_the_recipes_opt_in(tmp_path, llama, text_file):
+    student = str(pickle_only_folder(tmp_path / "pickled", family="llama"))  # the teacher's tokenizer and shape
+    steps = (Step("distill", {"student": student, **TINY, "steps": 1, "text": str(text_file)}),)
+    evaluation = EvalSpec(text=str(text_file), seqlen=32, max_windows=2, latency=False)
+    store = ResultStore(tmp_path / "results")
+    with pytest.raises(UnsafeModelError, match="--allow-pickle"):
+        pipeline.run(Recipe(model=llama, steps=steps, evaluation=evaluation), store)
+    row = pipeline.run(Recipe(model=llama, steps=steps, evaluation=evaluation, allow_pickle=True), store)
+    assert row.status == "ok" and row.details["steps"][0]["student"] == student
+    assert "allow_pickle: true" in row.recipe  # rerunning the stored recipe repeats the choice
 
 
 def test_cli_distill_prints_the_row_as_json(tmp_path, capsys, train_text):

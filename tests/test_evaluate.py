@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from core.errors import CancelledError
-from core.evaluate import evaluate_quality, measure_latency, measure_size, score_batch
+from core.evaluate import busy_note, evaluate_quality, measure_latency, measure_size, score_batch, speed_ratio
 from tests.helpers import tiny_causal_lm
 
 # Logits rows of a bigram "model" over a vocabulary of 3: the logits at a position depend only on
@@ -223,3 +223,51 @@ def test_latency_on_tiny_llama_reports_its_setup():
     assert metrics.device == "cpu"
     assert metrics.dtype == "float32"
     assert set(metrics.as_dict()) >= {"prefill_ms", "decode_tok_s", "device", "dtype", "threads"}
+
+
+def _ordered(figures: dict, name: str) -> bool:
+    return figures[f"{name}_min"] <= figures[f"{name}_median"] <= figures[f"{name}_max"]
+
+
+def test_latency_keeps_the_spread_of_its_runs():
+    metrics = measure_latency(tiny_causal_lm("llama"), torch.arange(10, 18), new_tokens=3, warmup=1, runs=4)
+    figures = metrics.as_dict()
+    assert _ordered(figures, "prefill_ms") and _ordered(figures, "decode_tok_s")
+    assert len(metrics.prefill_ms_runs) == len(metrics.decode_tok_s_runs) == 4
+    assert min(metrics.decode_tok_s_runs) == metrics.decode_tok_s_min
+    assert metrics.base is None and metrics.vs_base is None
+    assert metrics.other_cpu_cores is not None and metrics.other_cpu_cores >= 0  # read from the per-CPU times
+    assert metrics.busy == (metrics.busy_note is not None)
+
+
+def test_latency_with_a_base_times_both_in_turns_and_pairs_the_ratio():
+    model, base = tiny_causal_lm("llama"), tiny_causal_lm("gpt2")
+    metrics = measure_latency(model, torch.arange(10, 18), new_tokens=3, warmup=1, runs=3, base=base)
+    assert metrics.base["loop"] != metrics.loop  # each model was timed in its own loop (llama: the static cache)
+    assert _ordered(metrics.base, "prefill_ms") and _ordered(metrics.base, "decode_tok_s")
+    assert len(metrics.base["decode_tok_s_runs"]) == 3
+    ratio = metrics.vs_base
+    assert ratio["runs"] == 3 and ratio["paired"]
+    assert ratio["decode_min"] <= ratio["decode"] <= ratio["decode_max"]
+    assert ratio["prefill_min"] <= ratio["prefill"] <= ratio["prefill_max"]
+    per_run = [m / b for m, b in zip(metrics.decode_tok_s_runs, metrics.base["decode_tok_s_runs"], strict=True)]
+    assert ratio["decode"] == pytest.approx(sorted(per_run)[1], rel=1e-9)  # the median of the paired run ratios
+
+
+def test_speed_ratio_is_the_median_of_per_run_ratios():
+    # decode seconds 1, 2, 4 against the base's 2, 2, 2: 2x, 1x, 0.5x as fast; prefill 0.1 s against 0.2 s: 2x
+    ratio = speed_ratio([0.1, 0.1, 0.1], [1.0, 2.0, 4.0], [0.2, 0.2, 0.2], [2.0, 2.0, 2.0])
+    assert (ratio.decode, ratio.decode_min, ratio.decode_max) == (1.0, 0.5, 2.0)
+    assert ratio.prefill == pytest.approx(2.0) and ratio.runs == 3
+    assert ratio.within_spread and ratio.as_dict()["within_spread"]
+    assert not speed_ratio([0.1], [1.0], [0.1], [1.5]).within_spread
+
+
+def test_busy_note_reads_other_processes_first_then_the_load_average():
+    assert busy_note(load_avg_1m=2.1, other_cpu_cores=0.1, threads=2) is None  # our own threads make the load
+    note = busy_note(load_avg_1m=3.4, other_cpu_cores=1.3, threads=2)
+    assert note.startswith("machine busy while timing: other processes used 1.3 CPU cores (load average 3.4, 2 ")
+    assert busy_note(load_avg_1m=3.4, other_cpu_cores=None, threads=2).startswith(
+        "machine busy while timing: load average 3.4, above the 2 timing threads")
+    assert busy_note(load_avg_1m=1.9, other_cpu_cores=None, threads=2) is None
+    assert busy_note(load_avg_1m=None, other_cpu_cores=None, threads=2) is None

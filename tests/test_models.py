@@ -17,12 +17,13 @@ from core.errors import (
     DeviceError,
     HubUnreachableError,
     InsufficientMemoryError,
+    ModelFileError,
     ModelNotFoundError,
     NotACausalLMError,
     UnsafeModelError,
 )
 from core.evaluate import evaluate_quality
-from core.models import clone, load, pick_device, pick_dtype, resolve
+from core.models import clone, files, load, load_exported, pick_device, pick_dtype, resolve
 from tests.helpers import (
     CAUSAL_FAMILIES,
     CONTEXT,
@@ -271,3 +272,93 @@ def test_resolve_local_folder(tiny_models):
     source = resolve(str(tiny_models["opt"]))
     assert source.kind == "folder"
     assert Path(source.location) == tiny_models["opt"].resolve()
+
+
+# ---- damaged files are named before a library parses them ------------------------------------------
+
+
+def _gguf(path: Path) -> Path:
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.arange(64 * 32, dtype=np.float32).reshape(64, 32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_check_gguf_passes_a_whole_file_and_names_every_kind_of_damage(tmp_path):
+    path = _gguf(tmp_path / "m.gguf")
+    files.check_gguf(path)  # whole: no complaint
+    data = path.read_bytes()
+    for content, phrase in [(b"", "is empty"), (b"PK\x03\x04" + data[4:], "not a GGUF file"),
+                            (data[: len(data) - 64], "damaged or truncated"), (data[:40], "damaged or truncated")]:
+        path.write_bytes(content)
+        with pytest.raises(ModelFileError, match=phrase) as info:
+            files.check_gguf(path)
+        assert str(path) in str(info.value)
+
+
+def test_check_folder_names_the_damaged_file(tiny_models, tmp_path):
+    folder = shutil.copytree(tiny_models["gpt2"], tmp_path / "gpt2")
+    files.check_folder(folder)  # a folder save_pretrained wrote passes
+    weights = next(folder.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ModelFileError, match=f"{weights.name} is not a complete safetensors file"):
+        files.check_folder(folder)
+
+
+def test_check_loading_info_refuses_missing_and_misshapen_tensors():
+    files.check_loading_info({"missing_keys": set(), "mismatched_keys": []}, "m")
+    with pytest.raises(ModelFileError, match=r"lack 2 tensor\(s\).*a.weight, b.weight"):
+        files.check_loading_info({"missing_keys": {"b.weight", "a.weight"}}, "m")
+    with pytest.raises(ModelFileError, match=r"e.weight is \[4, 2\] in the weights but \[8, 2\] by the config"):
+        files.check_loading_info({"mismatched_keys": [("e.weight", torch.Size([4, 2]), torch.Size([8, 2]))]}, "m")
+
+
+def test_a_folder_with_the_weights_of_another_model_is_refused(tiny_models, tmp_path):
+    folder = shutil.copytree(tiny_models["llama"], tmp_path / "llama")
+    shutil.copy(next(tiny_models["gpt2"].glob("*.safetensors")), folder / "model.safetensors")
+    with pytest.raises(ModelFileError, match="the weights lack"):
+        load(str(folder), device="cpu")
+
+
+def test_a_config_value_of_the_wrong_type_names_config_json(tiny_models, tmp_path):
+    import json
+
+    folder = shutil.copytree(tiny_models["llama"], tmp_path / "llama")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_attention_heads": "four"}))
+    with pytest.raises(ModelFileError, match="config.json"):
+        load(str(folder), device="cpu")
+
+
+def _stored_form(tiny_models, tmp_path: Path, modules: dict) -> Path:
+    """The tiny llama in SqueezeLab's stored form with no layer quantized (the weights as they are)."""
+    import json
+
+    folder = shutil.copytree(tiny_models["llama"], tmp_path / "stored")
+    (folder / "model.safetensors").rename(folder / "squeezelab.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "squeezelab", "format_version": 1, "modules": modules}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_our_stored_form_reloads_and_its_damage_is_named(tiny_models, tmp_path):
+    folder = _stored_form(tiny_models, tmp_path, {})
+    assert torch.equal(_logits(load(str(folder), device="cpu").model), _logits(load(str(tiny_models["llama"])).model))
+    weights = folder / "squeezelab.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelFileError, match="squeezelab.safetensors"):
+        load_exported(folder)
+
+
+def test_our_stored_form_naming_a_layer_the_model_lacks_is_refused(tiny_models, tmp_path):
+    folder = _stored_form(tiny_models, tmp_path, {"model.layers.9.mlp.up_proj": {"bits": 4}})
+    with pytest.raises(ModelFileError, match="does not fit the model"):
+        load(str(folder), device="cpu")

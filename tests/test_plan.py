@@ -244,7 +244,8 @@ def test_squeezelab_plan_writes_a_recipe_that_runs(llama, text_file, tmp_path, c
     (["--quantize", "rtn", "--bits", "3", "4", "--avg-bits", "2"], "below the smallest option"),
     (["--quantize", "rtn", "--sparsity", "0.5"], "--sparsity does not bound a quantize plan"),
     (["--quantize", "rtn", "--prune", "wanda", "--avg-bits", "3"], "one technique per plan"),
-    (["--prune", "wanda", "--sparsity-levels", "0.25", "--sparsity", "0.5"], "below the smallest option"),
+    (["--prune", "wanda", "--sparsity-levels", "0.25", "--sparsity", "0.5"],
+     "beyond the sparsest option: the sparsest plan this menu allows has 25.0% sparsity"),
 ])
 def test_bad_budgets_exit_2_with_a_message(llama, tmp_path, capsys, extra, message):
     from core.cli.entry import main

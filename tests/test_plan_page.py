@@ -9,6 +9,7 @@ import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
 
+from core.plan.cache import list_atlases
 from core.store import ResultStore
 from tests.test_app import APP, TIMEOUT_S, button, finished, metric, results_dir, use_student_with_tiny_eval  # noqa: F401
 
@@ -19,7 +20,6 @@ def plan_page() -> AppTest:
     app = use_student_with_tiny_eval(AppTest.from_file(APP, default_timeout=TIMEOUT_S).run())
     app.switch_page("pages/plan.py").run()
     app.multiselect(key="plan_bits").set_value([2, 4])
-    app.selectbox(key="plan_calib_text").select("default")
     app.number_input(key="plan_calib_samples").set_value(4)
     app.number_input(key="plan_calib_seqlen").set_value(64)
     app.number_input(key="plan_heldout").set_value(1)
@@ -35,7 +35,9 @@ def test_the_plan_page_builds_an_atlas_plans_any_budget_and_runs_it(results_dir:
     assert job.status == "done", job.error
     app.run()
     assert not app.exception and not app.error
-    assert any(caption.value.startswith(f"Atlas {job.output}") for caption in app.caption)
+    assert job.result_id is None, "an atlas keeps no result row"
+    [atlas] = list_atlases(results_dir)  # the job cached it beside the results; the page found it there
+    assert any(caption.value.startswith(f"Atlas {atlas.key}") for caption in app.caption)
     assert app.get("plotly_chart"), "the atlas heatmap is drawn"
 
     slider = app.slider(key="plan_value_avg_bits")

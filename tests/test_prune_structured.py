@@ -422,3 +422,27 @@ def test_params_removed_refuses_what_the_run_refuses(tiny_models):
         params_removed(_load(tiny_models, "gpt2"), StructuredSpec("heads", 0.5))
     with pytest.raises(SpecError, match="past the last one"):
         params_removed(_load(tiny_models, "llama"), StructuredSpec("layers", layers=(7,)))
+
+
+def test_structured_labels_tell_the_ranking_and_the_exact_share_apart():
+    assert StructuredSpec("mlp_channels", 0.25).label == "structured mlp_channels 25%"
+    assert StructuredSpec("heads", 0.25, "activation_norm").label == "structured heads 25% by activation_norm"
+    assert StructuredSpec("mlp_channels", 0.255).label != StructuredSpec("mlp_channels", 0.25).label
+    assert StructuredSpec("layers", layers=[1, 3]).label == "structured layers [1, 3]"
+
+
+def test_a_structured_steps_report_label_keeps_the_ranking_beside_what_was_removed(tiny):
+    import copy
+
+    from core.prune.step import PruneStep
+    from core.technique import StepContext
+
+    labels = {}
+    for importance in ("weight_norm", "activation_norm"):
+        step = PruneStep.from_dict({"method": "structured", "target": "mlp_channels", "fraction": 0.25,
+                                    "importance": importance})
+        context = StepContext(tokenizer=None, default_text="sample")
+        context.__dict__["calibration"] = torch.randint(0, 256, (4, 16))  # cached_property: calibration ids given
+        labels[importance] = step.apply(copy.deepcopy(tiny["llama"]), context)["label"]
+    assert labels["weight_norm"].startswith("structured mlp_channels 25% (-") and "params)" in labels["weight_norm"]
+    assert "by activation_norm" in labels["activation_norm"] and labels["weight_norm"] != labels["activation_norm"]

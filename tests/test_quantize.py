@@ -404,3 +404,31 @@ def test_gptq_without_calibration_is_refused_before_any_work(tiny):
 def test_patterns_that_select_nothing_are_refused(tiny):
     with pytest.raises(SpecError, match="no layer to quantize"):
         quantize(tiny["llama"], QuantizeSpec("rtn", include=("*.nothing",)))
+
+
+@pytest.mark.parametrize("a, b", [
+    ({"method": "rtn", "group_size": 32}, {"method": "rtn", "group_size": 32, "lm_head": True}),
+    ({"method": "rtn", "overrides": [{"pattern": "*.self_attn.*", "bits": 8}]},
+     {"method": "rtn", "overrides": [{"pattern": "*.mlp.*", "bits": 8}]}),
+    ({"method": "rtn", "overrides": [{"pattern": "*.mlp.*", "bits": 8}]},
+     {"method": "rtn", "overrides": [{"pattern": "*.mlp.*", "skip": True}]}),
+    ({"method": "int8_dynamic"}, {"method": "int8_dynamic", "smooth": 0.8}),
+    ({"method": "int8_dynamic"}, {"method": "int8_dynamic", "smooth": 0}),
+    ({"method": "int8_dynamic"}, {"method": "int8_dynamic", "lm_head": True}),
+    ({"method": "gptq"}, {"method": "gptq", "act_order": False}),
+    ({"method": "gptq"}, {"method": "gptq", "percdamp": 0.05}),
+    ({"method": "rtn"}, {"method": "rtn", "kernel": "dequant"}),
+    ({"method": "rtn"}, {"method": "rtn", "exclude": ["*mlp*"]}),
+])
+def test_specs_that_quantize_differently_have_different_labels(a, b):
+    assert QuantizeSpec.from_dict(a).label != QuantizeSpec.from_dict(b).label
+
+
+def test_labels_name_lm_head_overrides_and_smoothing():
+    assert QuantizeSpec("gptq", 4, 32, False).label == "gptq w4 g32 asym"  # the defaults add nothing
+    assert QuantizeSpec("rtn", 4, 32, lm_head=True).label == "rtn w4 g32 sym +lm_head"
+    mixed = QuantizeSpec.from_dict({"method": "rtn", "bits": 4, "group_size": 32, "overrides": [
+        {"pattern": "*.self_attn.*", "bits": 8, "group_size": 0}, {"pattern": "model.layers.0.*", "skip": True}]})
+    assert mixed.label == "rtn w4 g32 sym overrides [*.self_attn.* w8 per-channel; model.layers.0.* skip]"
+    assert QuantizeSpec("int8_dynamic").label == "int8 dynamic (w8a8 per-token) smooth 0.5"
+    assert QuantizeSpec("int8_dynamic", smooth=0).label == "int8 dynamic (w8a8 per-token) no smoothing"

@@ -245,3 +245,32 @@ def test_resolved_seqlen_longer_than_context_is_refused():
     with pytest.raises(SpecError, match="longer than the model's context") as info:
         EvalSpec(seqlen=256).resolved_seqlen(128)
     assert "256" in str(info.value) and "128" in str(info.value)
+
+
+def test_the_opt_ins_are_off_by_default_validated_and_written_only_when_on():
+    plain = Recipe.from_dict({"model": "sample:teacher"})
+    assert plain.allow_pickle is False and plain.trust_remote_code is False
+    assert "allow_pickle" not in plain.to_yaml() and "trust_remote_code" not in plain.to_yaml()
+    opted = Recipe.from_dict({"model": "sample:teacher", "allow_pickle": True, "trust_remote_code": True})
+    assert opted.load_options == {"allow_pickle": True, "trust_remote_code": True}
+    assert Recipe.from_dict(yaml.safe_load(opted.to_yaml())) == opted  # a stored recipe repeats the choice
+    for key in ("allow_pickle", "trust_remote_code"):
+        with pytest.raises(SpecError, match=f"{key} must be true or false, got 'yes'"):
+            Recipe.from_dict({"model": "sample:teacher", key: "yes"})
+
+
+def test_a_pickle_only_model_loads_only_when_the_recipe_opts_in(tmp_path, text_file):
+    from core.errors import UnsafeModelError
+    from core.recipe import pipeline
+    from core.store import ResultStore
+    from tests.helpers import pickle_only_folder
+
+    folder = str(pickle_only_folder(tmp_path / "pickled"))
+    recipe = {"model": folder, "evaluation": {"text": str(text_file), "seqlen": 16, "max_windows": 2, "latency": False}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(UnsafeModelError, match="allow_pickle"):
+        pipeline.run(load_recipe(path), ResultStore(tmp_path / "results"))
+    path.write_text(yaml.safe_dump({**recipe, "allow_pickle": True}))
+    row = pipeline.run(load_recipe(path), ResultStore(tmp_path / "results"))
+    assert row.status == "ok" and row.perplexity > 1

@@ -69,6 +69,25 @@ def test_recovery_fine_tune_keeps_zeros_and_records_losses(tiny_models, text_fil
     assert row.nonzero_params < row.params
 
 
+def test_a_cancelled_recovery_fine_tune_keeps_the_steps_done_and_is_evaluated(tiny_models, text_file, tmp_path):
+    tuned: list[float] = []  # fine-tune progress reports: one per step done
+
+    def on_progress(stage: str, fraction: float) -> None:
+        if stage == "fine-tune":
+            tuned.append(fraction)
+
+    store = ResultStore(tmp_path / "results")
+    recipe = _recipe(tiny_models["llama"], text_file, {"method": "magnitude", "sparsity": 0.5, "recovery_steps": 20},
+                     {"method": "magnitude", "sparsity": 0.7})
+    row = pipeline.run(recipe, store, on_progress=on_progress, cancel=lambda: len(tuned) >= 3)
+    assert row.status == "cancelled" and row.perplexity is not None and store.get(row.id).status == "cancelled"
+    (report,) = row.details["steps"]  # the second prune step did not run
+    assert len(report["recovery_losses"]) == 3 and report["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert row.nonzero_params < row.params
+    notes = " ".join(row.details["notes"])
+    assert "recovery fine-tune cancelled after 3 of 20 steps" in notes and "not run: magnitude 70%" in notes
+
+
 def test_cli_prune_prints_the_row_and_stores_it(tiny_models, text_file, tmp_path, capsys):
     code = cli.main(["prune", "--model", str(tiny_models["llama"]), "--method", "wanda", "--sparsity", "0.5",
                      "--pattern", "2:4", "--calib-text", str(text_file), "--calib-samples", "4", "--calib-seqlen",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import CancelledError
+from core.errors import CancelledError, ResultStoreError
 from core.store import (
     INTERRUPTED,
     RESULT_FIELDS,
@@ -42,8 +42,8 @@ def test_result_fields_are_the_shared_contract() -> None:
     assert RESULT_FIELDS == (
         "id", "created", "model", "recipe", "perplexity", "base_perplexity", "top1_acc",
         "top1_agreement", "kl_to_base", "params", "nonzero_params", "perplexity_ci_low",
-        "perplexity_ci_high", "size_bytes", "bits_per_weight", "prefill_ms", "decode_tok_s", "peak_mem_bytes", "kernel", "device",
-        "wall_s", "status",
+        "perplexity_ci_high", "size_bytes", "bits_per_weight", "prefill_ms", "decode_tok_s", "peak_mem_bytes",
+        "kernel", "device", "wall_s", "status",
     )
 
 
@@ -262,11 +262,37 @@ def test_results_dir_comes_from_the_environment(tmp_path: Path,
 def test_startup_restores_an_artifact_a_crash_left_aside(tmp_path: Path) -> None:
     # A crash between "move the old artifact aside" and "move the new one in" leaves `.old-*`.
     artifacts = tmp_path / "artifacts"
-    (artifacts / ".old-20240101-000000-abcdef-999999999-00ff").mkdir(parents=True)
-    (artifacts / ".old-20240101-000000-abcdef-999999999-00ff" / "x").write_text("kept")
+    aside = artifacts / ".old-20240101-000000-abcdef-999999999-00ff00ff"
+    aside.mkdir(parents=True)
+    (aside / "x").write_text("kept")
+    (aside / ".squeezelab-scratch").write_text(aside.name)  # the store marks what it moves aside
     ResultStore(tmp_path)
     assert (artifacts / "20240101-000000-abcdef" / "x").read_text() == "kept"
     assert [p.name for p in artifacts.iterdir()] == ["20240101-000000-abcdef"]
+    assert not (artifacts / "20240101-000000-abcdef" / ".squeezelab-scratch").exists()
+
+
+def test_startup_touches_nothing_it_cannot_prove_it_made(tmp_path: Path) -> None:
+    """Entries under artifacts/ that look like scratch but lack the exact name, the marker or a dead owner stay."""
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir(parents=True)
+    decoys = {
+        ".tmp-notes": "a user's folder",
+        ".old-settings": "a user's folder named like a leftover",
+        ".tmp-20240101-000000-abcdef-999999999-00ff00ff": "the exact name but no marker",
+        ".old-20240101-000000-abcdef-999999999-aabbccdd": "the exact name, a marker that names another folder",
+    }
+    for name, text in decoys.items():
+        (artifacts / name).mkdir()
+        (artifacts / name / "kept.txt").write_text(text)
+    (artifacts / ".old-20240101-000000-abcdef-999999999-aabbccdd" / ".squeezelab-scratch").write_text(".tmp-other")
+    (artifacts / ".tmp-file-999999999-00ff00ff").write_text("a file, not a folder")
+    (artifacts / ".tmp-link-999999999-00ff00ff").symlink_to(artifacts / ".tmp-notes")
+    ResultStore(tmp_path)
+    for name, text in decoys.items():
+        assert (artifacts / name / "kept.txt").read_text() == text
+    assert (artifacts / ".tmp-file-999999999-00ff00ff").read_text() == "a file, not a folder"
+    assert (artifacts / ".tmp-link-999999999-00ff00ff").is_symlink()
 
 
 def test_a_version_1_database_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:
@@ -281,3 +307,125 @@ def test_a_version_1_database_gains_the_new_columns_and_keeps_its_rows(tmp_path:
         conn.execute("PRAGMA user_version = 1")
     row = ResultStore(tmp_path).get("r1")
     assert row.perplexity == 3.5 and row.perplexity_ci_low is None and row.sweep is None
+
+
+# ---- read-only stores and broken folders or databases ----------------------------------------------
+
+
+def _files(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under root with its bytes and modification time."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_read_only_store_of_a_missing_folder_creates_nothing(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "absent", read_only=True)
+    assert store.list() == [] and store.to_csv().splitlines() == [",".join(RESULT_FIELDS)]
+    with pytest.raises(UnknownResultError):
+        store.get("20240101-000000-abcdef")
+    assert not (tmp_path / "absent").exists()
+
+
+def test_a_read_only_store_reads_rows_and_writes_nothing(tmp_path: Path) -> None:
+    writer = ResultStore(tmp_path)
+    run_id = writer.finish(writer.start("m", RECIPE), perplexity=4.0).id
+    before = _files(tmp_path)
+    reader = ResultStore(tmp_path, read_only=True)
+    assert [r.id for r in reader.list()] == [run_id] and reader.get(run_id).perplexity == 4.0
+    assert reader.list(status="ok")[0].id == run_id and reader.list(status="failed") == []
+    for write in (lambda: reader.start("m", RECIPE), lambda: reader.delete(run_id),
+                  lambda: reader.reap_interrupted()):
+        with pytest.raises(RuntimeError, match="read-only"):
+            write()
+    with pytest.raises(RuntimeError, match="read-only"), reader.write_artifact(run_id):
+        pass
+    assert _files(tmp_path) == before  # no -wal / -shm, no schema change, nothing touched
+
+
+def test_a_read_only_store_sees_rows_a_live_writer_holds_in_its_wal(tmp_path: Path) -> None:
+    writer = ResultStore(tmp_path)
+    holder = sqlite3.connect(tmp_path / "results.db")  # a second process's open connection keeps the WAL
+    try:
+        holder.execute("SELECT count(*) FROM results").fetchone()
+        run_id = writer.start("m", RECIPE)
+        assert (tmp_path / "results.db-wal").exists()
+        assert [r.id for r in ResultStore(tmp_path, read_only=True).list()] == [run_id]
+    finally:
+        holder.close()
+
+
+def test_a_read_only_store_shows_an_orphan_as_failed_without_changing_it(tmp_path: Path) -> None:
+    from core.store_claims import release
+
+    writer = ResultStore(tmp_path)
+    run_id = writer.start("m", RECIPE)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    with sqlite3.connect(tmp_path / "results.db") as conn:
+        conn.execute("UPDATE results SET pid = ? WHERE id = ?", (int(dead), run_id))
+    conn.close()
+    release(run_id)  # as if another process had started it and died
+    seen = ResultStore(tmp_path, read_only=True).get(run_id)
+    assert seen.status == "failed" and seen.error == INTERRUPTED
+    with sqlite3.connect(tmp_path / "results.db") as conn:
+        assert conn.execute("SELECT status FROM results WHERE id = ?", (run_id,)).fetchone() == ("running",)
+    conn.close()
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_damaged_database_is_refused_and_left_as_it_was(tmp_path: Path, read_only: bool) -> None:
+    writer = ResultStore(tmp_path)
+    writer.finish(writer.start("m", RECIPE * 400), perplexity=1.0)  # a few pages
+    db = tmp_path / "results.db"
+    db.write_bytes(db.read_bytes()[:5000])
+    before = _files(tmp_path)
+    with pytest.raises(ResultStoreError) as info:
+        ResultStore(tmp_path, read_only=read_only).list()
+    assert str(db) in str(info.value) and "Move it aside" in str(info.value)
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_file_where_the_results_folder_belongs_is_refused(tmp_path: Path, read_only: bool) -> None:
+    (tmp_path / "results").write_text("notes")
+    with pytest.raises(ResultStoreError, match="is a file, not a folder"):
+        ResultStore(tmp_path / "results", read_only=read_only)
+    assert (tmp_path / "results").read_text() == "notes"
+
+
+def test_a_results_folder_that_cannot_be_created_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("x")
+    with pytest.raises(ResultStoreError, match="cannot create the results folder"):
+        ResultStore(tmp_path / "blocker" / "results")
+
+
+def test_an_empty_database_file_reads_as_no_results(tmp_path: Path) -> None:
+    (tmp_path / "results.db").write_bytes(b"")
+    assert ResultStore(tmp_path, read_only=True).list() == []
+    store = ResultStore(tmp_path)  # and a writer starts a database in it
+    assert store.get(store.start("m", RECIPE)).status == "running"
+
+
+def test_a_full_disk_is_reported_and_records_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ResultStore(tmp_path)
+    connect = ResultStore._connect
+
+    def no_room(self: ResultStore) -> sqlite3.Connection:  # SQLite's own SQLITE_FULL: no page may be added
+        conn = connect(self)
+        conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
+        return conn
+
+    monkeypatch.setattr(ResultStore, "_connect", no_room)
+    with pytest.raises(ResultStoreError, match="is full"):
+        store.start("m", RECIPE * 400)
+    monkeypatch.undo()
+    assert store.list() == []
+
+
+def test_a_run_whose_row_cannot_be_finished_raises_the_store_error(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ResultStore(tmp_path)
+    monkeypatch.setattr(ResultStore, "fail", lambda *args, **kwargs: (_ for _ in ()).throw(
+        ResultStoreError("disk full")))
+    with pytest.raises(ValueError, match="the run's own error"), store.run("m", RECIPE):
+        raise ValueError("the run's own error")  # the original error wins over the store's

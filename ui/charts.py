@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
@@ -44,6 +46,9 @@ def layer_sparsity_bars(per_layer: dict[str, float], title: str) -> go.Figure:
 def tradeoff_scatter(frame: pd.DataFrame, x: str, color: str, size: str | None, log_y: bool) -> go.Figure:
     """Perplexity against ``x`` (a key of AXES); base rows as diamonds, the Pareto frontier as a line.
 
+    Each point carries its perplexity's 95% interval over the evaluation windows as a vertical error bar
+    (asymmetric: the interval is exp of the mean-NLL interval) and, on a speed axis, the range of its timed
+    runs as a horizontal one; a result without them has no bar.
     One trace per (``color`` value, base or compressed). Built from plain lists with graph_objects:
     plotly express (and pandas slicing per trace) took ~10x longer, paid on every rerun of the page."""
     label, _, lower_better = AXES[x]
@@ -51,13 +56,17 @@ def tradeoff_scatter(frame: pd.DataFrame, x: str, color: str, size: str | None, 
     # dict.fromkeys: ``color`` may name a column already listed ("method")
     wanted = dict.fromkeys([x_column, "perplexity", "id", "model", "method", "recipe_html", color])
     columns = frame[list(wanted)].to_dict("list")
+    above, below = _error_bars(frame, "perplexity", "perplexity_ci_low", "perplexity_ci_high")
+    right, left = _error_bars(frame, x_column, f"{x}_min_axis", f"{x}_max_axis")
     sizes = _marker_sizes(frame, size)
     traces: dict[tuple[object, bool], list[int]] = {}  # (colour group, is base) -> row positions, in order
     for position, (group, method) in enumerate(zip(columns[color], columns["method"], strict=True)):
         traces.setdefault((group, method == "base"), []).append(position)
     colours = {group: _PALETTE[i % len(_PALETTE)] for i, group in enumerate(dict.fromkeys(columns[color]))}
     hover = ("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>%{customdata[2]}<br>"
-             f"{label}: %{{x:.4g}}<br>perplexity: %{{y:.4g}}<br><br>%{{customdata[3]}}<extra></extra>")
+             f"{label}: %{{x:.4g}}<br>perplexity: %{{y:.4g}} %{{customdata[4]}}<br><br>%{{customdata[3]}}"
+             "<extra></extra>")
+    intervals = [_interval_label(columns["perplexity"][p], above[p], below[p]) for p in range(len(above))]
     fig = go.Figure()
     for (group, base), positions in sorted(traces.items(), key=lambda item: item[0][1]):  # compressed first
         marker = {"symbol": "diamond" if base else "circle", "color": colours[group], "size": 11}
@@ -65,7 +74,13 @@ def tradeoff_scatter(frame: pd.DataFrame, x: str, color: str, size: str | None, 
             marker.update(size=[sizes[p] for p in positions], sizemode="area", sizeref=2 * max(sizes) / 28**2)
         fig.add_trace(go.Scatter(
             x=[columns[x_column][p] for p in positions], y=[columns["perplexity"][p] for p in positions],
-            customdata=[[columns[c][p] for c in ("id", "model", "method", "recipe_html")] for p in positions],
+            customdata=[[*(columns[c][p] for c in ("id", "model", "method", "recipe_html")), intervals[p]]
+                        for p in positions],
+            error_y={"type": "data", "symmetric": False, "array": [above[p] for p in positions],
+                     "arrayminus": [below[p] for p in positions], "thickness": 1.2, "width": 4},
+            error_x={"type": "data", "symmetric": False, "array": [right[p] for p in positions],
+                     "arrayminus": [left[p] for p in positions], "thickness": 1.2, "width": 4,
+                     "visible": any(v is not None for v in right)},
             mode="markers", marker=marker, hovertemplate=hover, legendgroup=str(group),
             name=f"{group} (base model)" if base else str(group)))
     front = pareto_front(frame, x_column, "perplexity", lower_better)
@@ -76,6 +91,29 @@ def tradeoff_scatter(frame: pd.DataFrame, x: str, color: str, size: str | None, 
     if log_y:
         fig.update_yaxes(type="log")
     return fig
+
+
+def _error_bars(frame: pd.DataFrame, column: str, low_column: str,
+                high_column: str) -> tuple[list[float | None], list[float | None]]:
+    """Distances from each value up to ``high_column`` and down to ``low_column`` (None where either is missing).
+
+    Perplexity: its 95% interval; a speed axis: the slowest and fastest timed run (decode's fastest run is its
+    ``max``, prefill's its ``min``: either way the bar spans the runs)."""
+    if low_column not in frame or high_column not in frame:
+        return [None] * len(frame), [None] * len(frame)
+    above, below = [], []
+    for value, low, high in zip(frame[column], frame[low_column], frame[high_column], strict=True):
+        known = all(v is not None and math.isfinite(v) for v in (value, low, high))
+        above.append(high - value if known else None)
+        below.append(value - low if known else None)
+    return above, below
+
+
+def _interval_label(value: float, above: float | None, below: float | None) -> str:
+    """'(95% CI 81.3–105.3)' for the hover, or '(no interval)'."""
+    if above is None or below is None:
+        return "(no interval)"
+    return f"(95% CI {value - below:.4g}–{value + above:.4g})"
 
 
 def _marker_sizes(frame: pd.DataFrame, size: str | None) -> list[float] | None:

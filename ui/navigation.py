@@ -23,10 +23,11 @@ TECHNIQUE_ICONS = {"prune": ":material/content_cut:", "quantize": ":material/com
 DEFAULT_ICON = ":material/tune:"
 
 
-def technique_pages() -> list:
-    """One page per step kind of the recipe format that has a ``pages/<kind>.py``, in the table's order."""
-    return [st.Page(f"pages/{kind}.py", title=kind.capitalize(), icon=TECHNIQUE_ICONS.get(kind, DEFAULT_ICON))
-            for kind in STEP_KINDS if (PAGES_DIR / f"{kind}.py").is_file()]
+def technique_pages() -> dict:
+    """Page file -> page for each step kind of the recipe format with a ``pages/<kind>.py``, in the table's order."""
+    return {f"pages/{kind}.py": st.Page(f"pages/{kind}.py", title=kind.capitalize(),
+                                        icon=TECHNIQUE_ICONS.get(kind, DEFAULT_ICON))
+            for kind in STEP_KINDS if (PAGES_DIR / f"{kind}.py").is_file()}
 
 
 def _legacy_mode() -> bool:

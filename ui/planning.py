@@ -11,9 +11,9 @@ import plotly.graph_objects as go
 import streamlit as st
 import yaml
 
-from core import Atlas, AtlasRequest, Planner, ResultRow, atlas_for, cached_atlas
+from core import Atlas, AtlasRequest, Planner, Recipe, ResultRow, atlas_for, cached_atlas
 from core.models import LoadedModel
-from ui import jobs
+from ui import jobs, state
 from ui.charts import short_layer_name
 from ui.errors import shown
 
@@ -28,14 +28,15 @@ def find_atlas(loaded: LoadedModel, request: AtlasRequest, root: str) -> Atlas |
 
 
 def submit_atlas(loaded: LoadedModel, request: AtlasRequest, root: str) -> str:
-    """Build (and cache) the atlas in the background worker; the job's output is the atlas's key."""
-    def task(on_progress, cancel) -> str:  # noqa: ANN001 - the worker's progress and cancel callables
-        atlas = atlas_for(loaded.model, loaded.tokenizer, loaded.source.default_calibration_text, request, root,
-                          loaded.context_length, on_progress, cancel)
-        return atlas.key
+    """Build the atlas in the background worker and cache it under ``root`` (its own files beside the results,
+    ``core.plan.cache``); the job keeps no result row: the page finds the atlas in the cache when it is done."""
+    def task(on_progress, cancel, on_record) -> None:  # noqa: ANN001, ARG001 - the worker's callables
+        atlas_for(loaded.model, loaded.tokenizer, loaded.source.default_calibration_text, request, root,
+                  loaded.context_length, on_progress, cancel)
 
     label = f"{request.mode} atlas of {request.menu.method} ({', '.join(request.menu.labels)}) on {request.model}"
-    return jobs.worker().submit_task(task, label)
+    recipe = Recipe(model=request.model, calibration=request.calibration)
+    return jobs.worker().submit(recipe, loaded, label=label, page=state.current_page(), task=task)
 
 
 @st.cache_resource(max_entries=8, show_spinner="Preparing the planner...")

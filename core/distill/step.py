@@ -49,10 +49,11 @@ def training_data(tokenizer: Any, spec: DistillSpec, seqlen: int,
     return ids, data.windows(eval_ids, seqlen, spec.eval_windows)
 
 
-def _teacher_for(spec: DistillSpec, base: nn.Module | None, tokenizer: Any, like: nn.Module) -> tuple[nn.Module, Any]:
+def _teacher_for(spec: DistillSpec, base: nn.Module | None, tokenizer: Any, like: nn.Module,
+                 load_options: dict[str, bool]) -> tuple[nn.Module, Any]:
     """(teacher, its tokenizer): the recipe's base model, or the model ``spec.teacher`` names."""
     if spec.teacher != "base":
-        loaded = load_student(spec.teacher, like)
+        loaded = load_student(spec.teacher, like, **load_options)
         return loaded.model, loaded.tokenizer
     require(base is not None, "distillation with teacher: base needs the recipe's base model; run it as a "
                                "recipe step, or name the teacher (teacher: sample:teacher)")
@@ -61,15 +62,19 @@ def _teacher_for(spec: DistillSpec, base: nn.Module | None, tokenizer: Any, like
 
 def run_step(model: nn.Module, spec: DistillSpec, teacher: nn.Module | None, tokenizer: Any, default_text: str,
              on_progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-             on_step: RecordFn | None = None) -> tuple[nn.Module, dict[str, Any]]:
+             on_step: RecordFn | None = None,
+             load_options: dict[str, bool] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Distil into ``model`` (in place) or into a loaded student; returns (the trained model, the report).
 
     ``teacher`` is the recipe's base model (never modified); ``spec.teacher`` may name another model.
     ``tokenizer`` is the base model's; a loaded student or teacher must map text to the same ids.
-    The training text is checked before ``model`` is changed in any way.
+    ``load_options`` (``allow_pickle``, ``trust_remote_code``) apply to a student or teacher loaded by reference.
+    The training text is checked before ``model`` is changed in any way. A cancel stops training before its
+    next step; the student keeps the best weights so far and the report says ``stopped: cancelled``.
     """
-    teacher, teacher_tokenizer = _teacher_for(spec, teacher, tokenizer, model)
-    loaded = None if spec.student in BUILT_IN_STUDENTS else load_student(spec.student, model)
+    load_options = load_options or {}
+    teacher, teacher_tokenizer = _teacher_for(spec, teacher, tokenizer, model, load_options)
+    loaded = None if spec.student in BUILT_IN_STUDENTS else load_student(spec.student, model, **load_options)
     student_tokenizer = loaded.tokenizer if loaded is not None else tokenizer
     student_config = (loaded.model if loaded else model).config
     seqlen = min(spec.seqlen, context_length(teacher.config), context_length(student_config))
@@ -141,7 +146,8 @@ class DistillStep(DistillSpec):
         """Distil into ``model`` in place, or into a loaded student that ``ctx.take_model`` hands on."""
         started = time.perf_counter()
         student, report = run_step(model, self, ctx.teacher, ctx.tokenizer, ctx.default_text,
-                                   on_progress=ctx.on_progress, cancel=ctx.cancel, on_step=ctx.on_step)
+                                   on_progress=ctx.on_progress, cancel=ctx.cancel, on_step=ctx.on_step,
+                                   load_options=ctx.load_options)
         if student is not model:
             ctx.handed_over = student
         student.eval()

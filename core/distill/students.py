@@ -67,11 +67,13 @@ def build_student_(model: nn.Module, spec: DistillSpec) -> tuple[nn.Module, str]
     raise SpecError(f"student {spec.student!r} is a model reference; load it with load_student")
 
 
-def load_student(ref: str, like: nn.Module) -> LoadedModel:
-    """Load a model-reference student (or teacher) on the device and in the dtype of ``like``."""
+def load_student(ref: str, like: nn.Module, allow_pickle: bool = False, trust_remote_code: bool = False) -> LoadedModel:
+    """Load a model-reference student (or teacher) on the device and in the dtype of ``like``; the opt-ins
+    are the recipe's (``core.models.load``)."""
     parameter = next(like.parameters())
     dtype = {v: k for k, v in DTYPES.items()}.get(parameter.dtype)
-    return load(ref, device=str(parameter.device), dtype=dtype)
+    return load(ref, device=str(parameter.device), dtype=dtype, allow_pickle=allow_pickle,
+                trust_remote_code=trust_remote_code)
 
 
 def _vocab_rows(model: nn.Module) -> int:

@@ -4,7 +4,8 @@
 its own grid and is re-packed at the end (``core.distill.qat``). Before the first step, every
 ``eval_every`` steps and at the end it measures held-out perplexity and keeps a copy of the best
 weights, which are restored when training ends: completed, cancelled (``cancel()`` is asked before
-every step) or out of its wall-time budget. Each step leaves a record (loss terms, learning rate,
+every step; the weights trained since the last evaluation are measured then, so they can be the ones
+kept) or out of its wall-time budget. Each step leaves a record (loss terms, learning rate,
 gradient norm, tokens/s, perplexity when measured) in the report and, live, in ``on_step``.
 
 On CUDA the forward passes run under ``torch.autocast`` (bf16, or fp16 with a gradient scaler);
@@ -289,7 +290,8 @@ def _train(trainer: _Trainer, best: _Best, eval_windows: torch.Tensor, emit: Cal
     spec, state = trainer.spec, _Progress()
     for index in range(spec.steps):
         if cancel is not None and cancel():
-            state.stopped = "cancelled"  # no evaluation: stop now and keep the best checkpoint so far
+            state.stopped = "cancelled"
+            _measure_last(trainer, best, eval_windows, emit, state)
             break
         record = trainer.step(index, state.train_s)
         state.train_s, state.done = record.elapsed_s, index + 1
@@ -306,6 +308,17 @@ def _train(trainer: _Trainer, best: _Best, eval_windows: torch.Tensor, emit: Cal
         if state.stopped != "completed":
             break
     return state
+
+
+def _measure_last(trainer: _Trainer, best: _Best, eval_windows: torch.Tensor, emit: Callable[[StepRecord], None],
+                  state: _Progress) -> None:
+    """On a cancel: the held-out perplexity of the latest weights, if no evaluation has seen them yet, so that the
+    steps trained since the last evaluation can be the ones kept (an evaluation-only record joins the curve)."""
+    if state.done == 0 or _should_evaluate(state.done, trainer.spec):
+        return
+    state.last_perplexity = trainer.perplexity(eval_windows)
+    best.offer(state.done, state.last_perplexity, trainer.student)
+    emit(StepRecord(step=state.done, elapsed_s=state.train_s, eval_perplexity=state.last_perplexity))
 
 
 def distill_(student: nn.Module, teacher: nn.Module, spec: DistillSpec, train_ids: torch.Tensor,

@@ -1,4 +1,8 @@
-"""One evaluation of a loaded model as a recipe asks for it: quality, size and (optionally) latency."""
+"""One evaluation of a loaded model as a recipe asks for it: quality, size and (optionally) latency.
+
+Every perplexity leaves here with its 95% interval over the windows (``core.evaluate.intervals``),
+and, when a base model was scored on the same windows, the base's interval and the paired comparison.
+"""
 
 from __future__ import annotations
 
@@ -30,8 +34,11 @@ class Measurement:
 
     def row_fields(self) -> dict:
         latency = self.latency
+        interval = self.quality.interval()
         return {
             "perplexity": self.quality.perplexity,
+            "perplexity_ci_low": interval.low,
+            "perplexity_ci_high": interval.high,
             "top1_acc": self.quality.top1_acc,
             "top1_agreement": self.quality.top1_agreement,
             "kl_to_base": self.quality.kl_to_base,
@@ -50,10 +57,29 @@ class Measurement:
             "seqlen": self.quality.seqlen,
             "windows": self.quality.windows,
             "tokens_scored": self.quality.tokens_scored,
+            **self.uncertainty(),
             "latency": self.latency.as_dict() if self.latency else None,
             "threads": torch.get_num_threads(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__},
+        }
+
+
+    def uncertainty(self) -> dict:
+        """The intervals (``details`` keys): the perplexity's, the base's and the paired one against the base.
+
+        ``window_nll`` / ``window_tokens`` (each window's mean NLL and its tokens) let two stored results
+        measured on the same windows be compared pairwise later.
+        """
+        quality = self.quality
+        base_interval, vs_base = quality.base_interval(), quality.vs_base()
+        tokens = quality.window_tokens
+        return {
+            "perplexity_interval": quality.interval().as_dict(),
+            "base_perplexity_interval": base_interval.as_dict() if base_interval else None,
+            "vs_base": vs_base.as_dict() if vs_base else None,
+            "window_nll": [round(nll / count, 6) for nll, count in zip(quality.window_nll, tokens, strict=True)],
+            "window_tokens": list(tokens),
         }
 
 
@@ -72,7 +98,7 @@ def measure(
     on_progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> Measurement:
-    """Quality on the spec's windows (agreement with ``base`` if given), size, and latency."""
+    """Quality on the spec's windows (agreement with ``base`` if given), size, and latency (paired with ``base``)."""
     ids, windows = eval_windows(loaded, spec)
     quality = evaluate_quality(model, windows, base=base, on_progress=on_progress, cancel=cancel)
     latency = None
@@ -80,8 +106,9 @@ def measure(
         report(on_progress, "latency", 0.0)
         prompt_tokens, new_tokens = fit_to_context(spec.prompt_tokens, spec.new_tokens, loaded.context_length)
         prompt_tokens = min(prompt_tokens, ids.numel())
-        latency = measure_latency(model, ids[:prompt_tokens], new_tokens, runs=spec.latency_runs,
-                                           cancel=cancel)
+        # the base (when comparing) is timed in the same runs, in turns with the model: a paired speed ratio
+        latency = measure_latency(model, ids[:prompt_tokens], new_tokens, runs=spec.latency_runs, cancel=cancel,
+                                  base=base)
     return Measurement(quality, measure_size(model), latency, spec.text, windows)
 
 

@@ -3,6 +3,8 @@
 Perplexity follows the GPTQ / SparseGPT / Wanda protocol: the text tokenized once, cut into
 non-overlapping windows of ``seqlen`` (tail dropped), ``exp(mean NLL)`` over every predicted
 token of every window. Each window is scored on its own (no context carried across windows).
+Each window's summed NLL is kept too: the windows are the units of the perplexity's 95% interval
+and of the paired comparison with a base model (``core.evaluate.intervals``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import CancelledError
+from core.evaluate.intervals import PairedComparison, PerplexityInterval, paired_comparison, perplexity_interval
 from core.layers import model_device
 from core.progress import CancelFn, ProgressFn
 
@@ -30,9 +33,26 @@ class QualityMetrics:
     windows: int
     seqlen: int
     tokens_scored: int
+    window_nll: tuple[float, ...] = ()  # summed NLL of each window, in order
+    window_tokens: tuple[int, ...] = ()  # predicted tokens of each window
+    base_window_nll: tuple[float, ...] | None = None  # the base model's, on the same windows
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def interval(self) -> PerplexityInterval:
+        """The perplexity's 95% interval over windows (None ends for a single window)."""
+        return perplexity_interval(self.window_nll, self.window_tokens)
+
+    def base_interval(self) -> PerplexityInterval | None:
+        """The base model's perplexity interval on the same windows, when a base was scored."""
+        return None if self.base_window_nll is None else perplexity_interval(self.base_window_nll, self.window_tokens)
+
+    def vs_base(self) -> PairedComparison | None:
+        """The paired comparison with the base on the same windows, when a base was scored."""
+        if self.base_window_nll is None:
+            return None
+        return paired_comparison(self.window_nll, self.base_window_nll, self.window_tokens)
 
 
 @dataclass(frozen=True)
@@ -45,6 +65,8 @@ class WindowScore:
     agree: int
     kl_sum: float
     count: int
+    window_nll: tuple[float, ...] = ()  # per window of the batch: its summed NLL
+    base_window_nll: tuple[float, ...] = ()  # the same for the base model (empty without one)
 
 
 @torch.inference_mode()
@@ -63,20 +85,24 @@ def score_batch(logits: torch.Tensor, batch: torch.Tensor, base_logits: torch.Te
     shifted = torch.full_like(batch, -100, device=logits.device)
     shifted[:, :-1] = targets
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), reduction="none")
+    per_window = tuple(nll.view(batch.shape).double().sum(dim=1).tolist())  # ignored positions add 0
     if base_logits is None:
-        return WindowScore(float(nll.double().sum()), 0.0, correct, 0, 0.0, count)
+        return WindowScore(float(nll.double().sum()), 0.0, correct, 0, 0.0, count, per_window)
     predicted = logits[:, :-1, :].float()
     log_probs = F.log_softmax(predicted, dim=-1)
     base_log_probs = F.log_softmax(base_logits[:, :-1, :].float().to(predicted.device), dim=-1)
     # KL(base || model) summed over positions: sum_v p_base * (log p_base - log p_model)
     kl_sum = float((base_log_probs.exp() * (base_log_probs - log_probs)).sum())
+    base_nll = -base_log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()  # [b, t - 1]
     return WindowScore(
         nll_sum=float(nll.double().sum()),
-        base_nll_sum=float(-base_log_probs.gather(-1, targets.unsqueeze(-1)).double().sum()),
+        base_nll_sum=float(base_nll.sum()),
         correct=correct,
         agree=int((base_log_probs.argmax(dim=-1) == top1).sum()),
         kl_sum=kl_sum,
         count=count,
+        window_nll=per_window,
+        base_window_nll=tuple(base_nll.sum(dim=1).tolist()),
     )
 
 
@@ -96,6 +122,8 @@ def evaluate_quality(
     if batch_size is None:
         batch_size = 8 if model_device(model).type == "cuda" else 1
     totals = [0.0, 0.0, 0, 0, 0.0, 0]
+    window_nll: list[float] = []
+    base_window_nll: list[float] = []
     for start in range(0, windows.shape[0], batch_size):
         if cancel is not None and cancel():
             raise CancelledError(f"evaluation cancelled after {start} of {windows.shape[0]} windows")
@@ -105,6 +133,8 @@ def evaluate_quality(
         parts = (score.nll_sum, score.base_nll_sum, score.correct, score.agree, score.kl_sum, score.count)
         for index, value in enumerate(parts):
             totals[index] += value
+        window_nll.extend(score.window_nll)
+        base_window_nll.extend(score.base_window_nll)
         if on_progress is not None:
             on_progress("evaluate", min(1.0, (start + batch.shape[0]) / windows.shape[0]))
     nll_sum, base_nll_sum, correct, agree, kl_sum, count = totals
@@ -117,4 +147,7 @@ def evaluate_quality(
         windows=int(windows.shape[0]),
         seqlen=int(windows.shape[1]),
         tokens_scored=int(count),
+        window_nll=tuple(window_nll),
+        window_tokens=(int(windows.shape[1]) - 1,) * int(windows.shape[0]),
+        base_window_nll=tuple(base_window_nll) if base is not None else None,
     )

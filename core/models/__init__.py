@@ -5,6 +5,7 @@
 * ``loading``  - ``load``: samples, folders, GGUF (converted once and cached), the Hub; safety opt-ins.
 * ``exported`` - ``load_exported``: SqueezeLab's own stored form, plain and compressed-tensors folders, GGUF.
 * ``sparse``   - the bitmask + values storage of pruned matrices in SqueezeLab's folders.
+* ``files``    - checks of a model's files (JSON, safetensors, tokenizer, GGUF) that name a damaged file.
 """
 
 from core.models.device import DTYPES, check_memory, estimate_weight_bytes, free_memory_bytes, pick_device, pick_dtype

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.errors import SpecError
+from core.errors import ModelFileError, SpecError
+from core.models import files
 from core.models.device import DTYPES, pick_device
 from core.models.source import LoadedModel, ModelSource, ensure_pad_token
 from core.models.sparse import MASK_SUFFIX, VALUES_SUFFIX, from_sparse
@@ -40,10 +41,11 @@ DENSE_WEIGHTS = "model.safetensors"
 def is_squeezelab_folder(folder: Path) -> bool:
     """Whether ``folder/config.json`` names SqueezeLab's stored form."""
     try:
-        raw = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
+        raw = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable: not ours; the loader names what is wrong with it
         return False
-    return (raw.get("quantization_config") or {}).get("quant_method") == QUANT_METHOD
+    quantization = raw.get("quantization_config") if isinstance(raw, dict) else None
+    return isinstance(quantization, dict) and quantization.get("quant_method") == QUANT_METHOD
 
 
 def skeleton(config, dtype: torch.dtype) -> nn.Module:
@@ -61,11 +63,18 @@ def skeleton(config, dtype: torch.dtype) -> nn.Module:
 
 
 def _read_state(folder: Path, sparse: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    state = load_file(str(folder / SQUEEZELAB_WEIGHTS))
-    for name, shape in sparse.items():
-        state[name] = from_sparse(state.pop(name + MASK_SUFFIX), state.pop(name + VALUES_SUFFIX), tuple(shape))
+    path = folder / SQUEEZELAB_WEIGHTS
+    files.check_safetensors(path)
+    try:
+        state = load_file(str(path))
+        for name, shape in sparse.items():
+            state[name] = from_sparse(state.pop(name + MASK_SUFFIX), state.pop(name + VALUES_SUFFIX), tuple(shape))
+    except (SafetensorError, KeyError, ValueError) as exc:  # a sparse tensor whose parts are missing or damaged
+        raise ModelFileError(f"{path} does not hold what config.json describes ({exc}); export the model again") \
+            from exc
     return state
 
 
@@ -74,10 +83,10 @@ def load_hf(folder: Path, dtype: torch.dtype | None = None, kernel: str | None =
     from transformers import AutoConfig
 
     folder = Path(folder)
-    qconfig = json.loads((folder / "config.json").read_text())["quantization_config"]
+    qconfig = files.read_config_json(folder)["quantization_config"]
     if qconfig.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{folder} was written by a newer SqueezeLab (format {qconfig['format_version']}); "
-                         "upgrade SqueezeLab to load it")
+        raise ModelFileError(f"{folder} was written by a newer SqueezeLab (format {qconfig['format_version']}); "
+                             "upgrade SqueezeLab to load it")
     config = AutoConfig.from_pretrained(folder)
     for attribute in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(config, attribute):
@@ -85,14 +94,11 @@ def load_hf(folder: Path, dtype: torch.dtype | None = None, kernel: str | None =
     dtype = dtype or getattr(config, "dtype", None) or torch.float32
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     model = skeleton(config, dtype)
-    for name, params in qconfig.get("modules", {}).items():
-        old = model.get_submodule(name)
-        weight = old.weight
-        in_features, out_features = (weight.shape[0], weight.shape[1]) if not isinstance(old, nn.Linear) \
-            else (old.in_features, old.out_features)  # GPT-2's Conv1D stores [in, out]
-        scheme = QuantScheme(params["bits"], params.get("group_size"), params.get("symmetric", True))
-        model.set_submodule(name, QuantLinear(in_features, out_features, scheme, getattr(old, "bias", None) is not None,
-                                              dtype))
+    try:
+        _swap_quantized(model, qconfig.get("modules", {}), dtype)
+    except (AttributeError, KeyError, TypeError) as exc:  # a module the model lacks, or its entry lacks "bits"
+        raise ModelFileError(f"{folder}/config.json: quantization_config.modules does not fit the model ({exc}); "
+                             "export the model again") from exc
     if qconfig.get("tied_embedding"):
         tie_quantized_embedding_(model, model.get_output_embeddings())
     state = _read_state(folder, qconfig.get("sparse") or {})
@@ -100,10 +106,22 @@ def load_hf(folder: Path, dtype: torch.dtype | None = None, kernel: str | None =
     expected_state = model.state_dict()
     untied = [key for key in missing if not _shares_storage(expected_state, key)]
     if unexpected or untied:
-        raise ValueError(f"{folder}/{SQUEEZELAB_WEIGHTS} does not match its config: missing {untied[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise ModelFileError(f"{folder}/{SQUEEZELAB_WEIGHTS} does not match its config: missing {untied[:5]}, "
+                             f"unexpected {unexpected[:5]}; export the model again")
     choose_kernels(model, kernel or qconfig.get("kernel", "auto"))
     return model.eval()
+
+
+def _swap_quantized(model: nn.Module, modules: dict[str, dict[str, Any]], dtype: torch.dtype) -> None:
+    """Put an empty QuantLinear where config.json says a layer was quantized (its codes are loaded next)."""
+    for name, params in modules.items():
+        old = model.get_submodule(name)
+        weight = old.weight
+        in_features, out_features = (weight.shape[0], weight.shape[1]) if not isinstance(old, nn.Linear) \
+            else (old.in_features, old.out_features)  # GPT-2's Conv1D stores [in, out]
+        scheme = QuantScheme(params["bits"], params.get("group_size"), params.get("symmetric", True))
+        model.set_submodule(name, QuantLinear(in_features, out_features, scheme, getattr(old, "bias", None) is not None,
+                                              dtype))
 
 
 def _shares_storage(state: dict[str, torch.Tensor], key: str) -> bool:
@@ -150,10 +168,14 @@ def reload_artifact(kind: str, path: Path, dtype: torch.dtype | None, kernel: st
 
     if kind == "gguf":
         return load_gguf(path, dtype or torch.float32)
+    files.check_folder(path)
     if is_squeezelab_folder(path):
         model = load_hf(path, dtype, kernel)
     else:  # plain or compressed-tensors: transformers itself (compressed-tensors decompresses on load)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True).eval()
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", use_safetensors=True,
+                                                           output_loading_info=True, ignore_mismatched_sizes=True)
+        files.check_loading_info(info, str(path))
+        model.eval()
     return model, AutoTokenizer.from_pretrained(path)
 
 
@@ -162,5 +184,6 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
+    files.check_gguf(path)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).eval()
     return model, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)

@@ -6,12 +6,14 @@ exported in its own stored form is rebuilt by ``core.models.exported``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,10 +22,12 @@ from torch import nn
 
 from core.errors import (
     HubUnreachableError,
+    ModelFileError,
     ModelNotFoundError,
     NotACausalLMError,
     UnsafeModelError,
 )
+from core.models import files
 from core.models.device import check_memory, estimate_weight_bytes, pick_device, pick_dtype
 from core.models.exported import is_squeezelab_folder, load_exported
 from core.models.source import DEFAULT_MODEL, LoadedModel, ModelSource, ensure_pad_token, resolve
@@ -55,7 +59,8 @@ def read_config(source: ModelSource, trust_remote_code: bool = False, local_only
     )
 
     if source.gguf_file:
-        config = AutoConfig.from_pretrained(source.location, gguf_file=source.gguf_file)
+        with _unusable_file(source, source.gguf_file):
+            config = AutoConfig.from_pretrained(source.location, gguf_file=source.gguf_file)
     else:
         raw = _raw_config(source, local_only)
         model_type = raw.get("model_type")
@@ -65,8 +70,9 @@ def read_config(source: ModelSource, trust_remote_code: bool = False, local_only
                 "in config.json); loading would run that code. Pass trust_remote_code (CLI: --trust-remote-code) "
                 "only if you trust its authors"
             )
-        config = AutoConfig.from_pretrained(source.location, trust_remote_code=trust_remote_code,
-                                            local_files_only=local_only)
+        with _unusable_file(source, "config.json"):
+            config = AutoConfig.from_pretrained(source.location, trust_remote_code=trust_remote_code,
+                                                local_files_only=local_only)
     # Encoder families (BERT, RoBERTa, ...) also appear in the causal-LM mapping because they have an
     # optional decoder head; a checkpoint that was not trained as a decoder would get a random head.
     encoder_only = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
@@ -81,10 +87,27 @@ def read_config(source: ModelSource, trust_remote_code: bool = False, local_only
 
 def _raw_config(source: ModelSource, local_only: bool) -> dict:
     if source.kind in ("sample", "folder", "gguf"):
-        return json.loads((Path(source.location) / "config.json").read_text())
+        return files.read_config_json(Path(source.location))
     from huggingface_hub import hf_hub_download
 
-    return json.loads(Path(hf_hub_download(source.location, "config.json", local_files_only=local_only)).read_text())
+    downloaded = hf_hub_download(source.location, "config.json", local_files_only=local_only)
+    return files.read_config_json(Path(downloaded).parent)
+
+
+@contextlib.contextmanager
+def _unusable_file(source: ModelSource, name: str) -> Iterator[None]:
+    """Turn transformers' refusal of a local file that parsed (a value of the wrong type, an unknown model type, a
+    GGUF architecture it cannot read) into a ModelFileError naming the file; Hub errors pass unchanged."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    try:
+        yield
+    except (ValueError, TypeError, StrictDataclassError) as exc:
+        if source.kind == "hub":
+            raise
+        detail = " ".join(str(exc).split())[:400]
+        raise ModelFileError(f"transformers cannot use {Path(source.location) / name} of {source.ref}: {detail}; fix "
+                             f"the value it names, or {files.REDO}") from exc
 
 
 def check_weight_format(source: ModelSource, allow_pickle: bool) -> None:
@@ -114,6 +137,8 @@ def load(
     source = resolve(ref)
     target = pick_device(device)
     torch_dtype = pick_dtype(target, dtype)
+    if source.kind in ("sample", "folder"):
+        files.check_folder(Path(source.location))  # a damaged file is named before any library parses it
     if source.kind == "folder" and is_squeezelab_folder(Path(source.location)):
         return _load_squeezelab(source, target, torch_dtype)
     if source.kind == "gguf":
@@ -153,14 +178,20 @@ def _hub_local_only(source: ModelSource) -> bool:
 def _load_weights(source: ModelSource, dtype: torch.dtype, allow_pickle: bool, trust_remote_code: bool,
                   local_only: bool) -> nn.Module:
     from huggingface_hub.errors import RepositoryNotFoundError
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "local_files_only": local_only}
     if source.gguf_file:
-        return AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file, **kwargs)
+        with _unusable_file(source, source.gguf_file):
+            return AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file, **kwargs)
+    if source.kind != "hub":  # missing or misshapen tensors would be random: report them instead
+        kwargs.update(output_loading_info=True, ignore_mismatched_sizes=True)
     try:
-        return AutoModelForCausalLM.from_pretrained(source.location, use_safetensors=None if allow_pickle else True,
-                                                    **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(source.location, use_safetensors=None if allow_pickle else True,
+                                                      **kwargs)
+    except SafetensorError as exc:
+        raise ModelFileError(f"the weights of {source.ref} cannot be read ({exc}); {files.REDO}") from exc
     except RepositoryNotFoundError as exc:
         raise ModelNotFoundError(f"the Hub has no model {source.ref!r} (or it is private); check the id") from exc
     except OSError as exc:
@@ -170,17 +201,30 @@ def _load_weights(source: ModelSource, dtype: torch.dtype, allow_pickle: bool, t
                 "allow_pickle (CLI: --allow-pickle)"
             ) from exc
         raise
+    if source.kind == "hub":
+        return loaded
+    model, info = loaded
+    files.check_loading_info(info, source.ref)
+    return model
 
 
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, local_only: bool = True):
     """The model's tokenizer, with a pad token (the EOS token when the model defines none)."""
     from transformers import AutoTokenizer
 
-    if source.gguf_file:
-        tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust_remote_code,
-                                                  local_files_only=local_only)
+    try:
+        if source.gguf_file:
+            tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust_remote_code,
+                                                      local_files_only=local_only)
+    except (OSError, ValueError) as exc:  # what transformers raises for tokenizer files it cannot find or use
+        if source.kind == "hub":
+            raise
+        raise ModelFileError(
+            f"cannot load the tokenizer of {source.ref} from {source.location} ({' '.join(str(exc).split())[:300]}); "
+            "the folder needs the tokenizer files the model was saved with (tokenizer.json, tokenizer_config.json): "
+            f"copy them in, or {files.REDO}") from exc
     return ensure_pad_token(tokenizer)
 
 
@@ -205,6 +249,7 @@ def gguf_as_folder(source: ModelSource, check_free_memory: bool = True) -> Path:
     folder = cache_dir() / "gguf" / f"{gguf_path.stem}-{stat.st_size:x}-{int(stat.st_mtime):x}"
     if (folder / "config.json").is_file():
         return folder
+    files.check_gguf(gguf_path)
     config = read_config(source)
     if check_free_memory:
         check_memory(estimate_weight_bytes(config, torch.float32), torch.device("cpu"), source.ref)
@@ -216,10 +261,15 @@ def gguf_as_folder(source: ModelSource, check_free_memory: bool = True) -> Path:
         tokenizer.save_pretrained(scratch)
         (scratch / "source.json").write_text(json.dumps({"gguf": str(gguf_path.resolve()), "size": stat.st_size}))
         scratch.rename(folder)
-    except Exception:
+    except Exception as exc:
         shutil.rmtree(scratch, ignore_errors=True)  # never leave a half-written cache entry
-        if not (folder / "config.json").is_file():  # another process may have won the race
-            raise
+        if (folder / "config.json").is_file():  # another process may have won the race
+            return folder
+        if isinstance(exc, OSError):
+            raise ModelFileError(f"cannot write the converted {source.ref} into the cache {folder.parent} "
+                                 f"({exc.strerror or exc}); free some space there or set SQUEEZELAB_CACHE_DIR to "
+                                 "a writable folder") from exc
+        raise
     return folder
 
 

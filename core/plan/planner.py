@@ -105,7 +105,7 @@ class Planner:
         weight, capacity = self.capacity(budget)
         table = self.table(weight)
         if not table.feasible(capacity):
-            raise SpecError(too_small_message(budget, self.bytes, self.nonzero, self.atlas.fixed_bytes))
+            raise SpecError(too_small_message(budget, self.bytes, self.nonzero, self.atlas.fixed_bytes, self.numel))
         return self._plan(budget, table.solve(capacity).choice, table.exact)
 
     def _plan_for_perplexity(self, budget: Budget) -> Plan:
@@ -161,12 +161,16 @@ def step_params(plan: Plan, technique: str, params: dict[str, Any], atlas_key: s
 
 
 
-def too_small_message(budget: Budget, table_bytes: np.ndarray, nonzero: np.ndarray, fixed: int) -> str:
-    """What the lightest choice of this menu takes, said for the budget's own unit."""
-    numel = int(nonzero.max(axis=1).sum())
+def too_small_message(budget: Budget, table_bytes: np.ndarray, nonzero: np.ndarray, fixed: int, numel: int) -> str:
+    """What the lightest choice of this menu takes, said for the budget's own unit (``numel``: the planned
+    layers' weights)."""
     planned, kept = int(table_bytes.min(axis=1).sum()), int(nonzero.min(axis=1).sum())
-    reach = {"avg_bits": f"{8 * planned / numel:.3f} bits/weight", "size_mb": f"{(fixed + planned) / 1e6:.3f} MB",
-             "sparsity": f"{1 - kept / numel:.1%} sparsity"}[budget.target]
+    if budget.target == "sparsity":
+        return (f"budget sparsity={budget.value:g} is beyond the sparsest option: the sparsest plan this menu allows "
+                f"has {1 - kept / numel:.1%} sparsity (every layer at its sparsest level); give at most that, or add "
+                "a higher level")
+    reach = {"avg_bits": f"{8 * planned / numel:.3f} bits/weight",
+             "size_mb": f"{(fixed + planned) / 1e6:.3f} MB"}[budget.target]
     return (f"budget {budget.target}={budget.value:g} is below the smallest option: the smallest plan this menu "
             f"allows takes {reach} (every layer at its lightest option); give at least that, or add a lighter option")
 
@@ -181,4 +185,4 @@ def check_budget_fits(layers: list[LayerShape], menu: Menu, budget: Budget, fixe
               "size_mb": (fixed + int(table_bytes.min(axis=1).sum()), math.floor(budget.value * 1e6)),
               "sparsity": (int(nonzero.min(axis=1).sum()), math.floor((1 - budget.value) * numel))}[budget.target]
     if needed[0] > needed[1]:
-        raise SpecError(too_small_message(budget, table_bytes, nonzero, fixed))
+        raise SpecError(too_small_message(budget, table_bytes, nonzero, fixed, numel))

@@ -85,8 +85,8 @@ def fixed_bytes(model: nn.Module, planned: list[str]) -> int:
     dtype = next(model.parameters()).dtype
     skip = {f"{name}.weight" for name in planned}
     seen, total = set(), 0
-    for name, tensor in model.state_dict().items():
-        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype) if tensor.numel() else None
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = _storage_key(tensor)
         if key is not None and key in seen:
             continue
         seen.add(key)
@@ -96,6 +96,16 @@ def fixed_bytes(model: nn.Module, planned: list[str]) -> int:
             and not name.endswith(".scales") else tensor.element_size()
         total += tensor.numel() * element
     return total
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple | None:
+    """What a tied tensor shares with its twin: its memory, or on the meta device (no memory: every
+    address is 0) the parameter object itself, which ``tie_weights`` shares."""
+    if not tensor.numel():
+        return None
+    if tensor.is_meta:
+        return ("meta", id(tensor))
+    return (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
 
 
 def element_size(model: nn.Module) -> int:

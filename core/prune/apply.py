@@ -104,7 +104,7 @@ def prune_(
     A cancel leaves the model partially pruned: callers work on a copy (``prune`` makes one).
     """
     started = time.perf_counter()
-    layers = selected_layers(model, spec.include, spec.exclude)
+    layers = check_layers(model, spec)
     if spec.method != "magnitude" and calibration is None:
         raise SpecError(f"{spec.method} needs calibration text: token ids [samples, seqlen] whose activations "
                         "rank the weights (a recipe's calibration: section); or use method magnitude, which needs none")
@@ -156,6 +156,23 @@ def selected_layers(model: nn.Module, include: tuple[str, ...], exclude: tuple[s
     examples = ", ".join(name for name, _ in block_linear_layers(model)[:3])
     require(bool(layers), f"no linear layer in the decoder blocks matches include={list(include)} "
                            f"exclude={list(exclude)}; names look like {examples}")
+    return layers
+
+
+def check_layers(model: nn.Module, spec: PruneSpec) -> list[tuple[str, nn.Module]]:
+    """The layers ``spec`` selects; refused before any work when there are none, or when an N:M pattern's M does
+    not divide a layer's input width. Shapes only, so a meta-device model (no weights) will do."""
+    layers = selected_layers(model, spec.include, spec.exclude)
+    if spec.nm is None:
+        return layers
+    n, m = spec.nm
+    widths = {name: weight_matrix(layer).shape[1] for name, layer in layers}
+    bad = [name for name, width in widths.items() if width % m]
+    if bad:
+        fits = [k for k in range(2, 17) if all(width % k == 0 for width in widths.values())]
+        raise SpecError(f"a {n}:{m} pattern groups {m} consecutive input columns, but {bad[0]} has "
+                        f"{widths[bad[0]]} input columns, not a multiple of {m} ({len(bad)} such layer(s)); exclude "
+                        f"them or pick an M that divides every selected layer ({', '.join(map(str, fits)) or 'none'})")
     return layers
 
 

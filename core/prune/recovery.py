@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.errors import CancelledError
 from core.layers import block_linear_layers, model_device
 from core.progress import CancelFn, ProgressFn
 
@@ -23,8 +22,9 @@ def finetune_masked_(
     """AdamW on next-token loss over ``batches`` [n, seqlen] (``batch_size`` rows a step, cycling); in place.
 
     Zeros of the decoder blocks' linear weights stay zero: their gradients are masked and the mask is
-    re-applied after every step. Returns the training loss of each step. ``cancel()`` is asked before
-    each step and raises ``CancelledError`` (the model keeps the steps done, zeros intact).
+    re-applied after every step. Returns the training loss of each step done. ``cancel()`` is asked before
+    each step and stops the fine-tune there: the model keeps the steps done (zeros intact), and fewer than
+    ``steps`` losses come back, so the caller can tell (the run then evaluates the model as it is).
     """
     masks = [(layer.weight, layer.weight.detach() != 0) for _, layer in block_linear_layers(model)]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
@@ -33,7 +33,7 @@ def finetune_masked_(
     try:
         for step in range(steps):
             if cancel is not None and cancel():
-                raise CancelledError(f"fine-tuning stopped after {step} of {steps} steps; pruned weights stay zero")
+                break  # a graceful stop: what the steps done learned is worth keeping
             rows = torch.arange(step * batch_size, (step + 1) * batch_size) % batches.shape[0]
             batch = batches[rows].to(device)
             logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()

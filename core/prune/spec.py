@@ -141,8 +141,9 @@ class PruneSpec:
 
     @property
     def needs_calibration(self) -> bool:
-        """Wanda and SparseGPT rank weights by calibration activations; magnitude needs none."""
-        return self.method != "magnitude"
+        """Wanda and SparseGPT rank weights by calibration activations; magnitude needs none, unless a budget
+        is planned (the atlas reads calibration windows)."""
+        return self.method != "magnitude" or self.budget is not None
 
     @property
     def label(self) -> str:

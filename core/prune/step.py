@@ -103,12 +103,17 @@ class PruneStep:
         prune = prune_structured_ if isinstance(self.spec, StructuredSpec) else prune_
         report = prune(model, self.spec, calibration, ctx.on_progress, ctx.cancel).as_dict()
         if self.recovery_steps:
-            report["recovery_losses"] = finetune_masked_(model, ctx.calibration, self.recovery_steps, self.recovery_lr,
-                                                         on_progress=ctx.on_progress, cancel=ctx.cancel)
+            losses = finetune_masked_(model, ctx.calibration, self.recovery_steps, self.recovery_lr,
+                                      on_progress=ctx.on_progress, cancel=ctx.cancel)
+            report["recovery_losses"] = losses
+            if len(losses) < self.recovery_steps:
+                ctx.notes.append(f"recovery fine-tune cancelled after {len(losses)} of {self.recovery_steps} steps; "
+                                 "the model keeps the steps done")
         model.eval()
         label = self.label
         if isinstance(self.spec, StructuredSpec):  # counts are rounded: say what was really removed
             removed = 1 - report["params_after"] / report["params_before"]
-            label = f"structured {self.spec.target} -{removed:.1%} params"
+            ft = f" +{self.recovery_steps} ft" if self.recovery_steps else ""
+            label = f"{self.spec.label} (-{removed:.1%} params){ft}"
         report.update(kind="prune", label=label, step_wall_s=time.perf_counter() - started)
         return report

@@ -91,6 +91,31 @@ def plan_layers(model: nn.Module, spec: QuantizeSpec) -> list[tuple[str, nn.Modu
     return plan
 
 
+def quantize_planned_(model: nn.Module, spec: QuantizeSpec) -> None:
+    """Check ``spec`` against ``model`` as ``quantize_`` does, then swap in empty ``QuantLinear`` layers.
+
+    Meant for a model on the meta device (built from its config, no weights): the result has the layer
+    shapes, schemes and tied embedding a real run gives, so the checks that come after it (a later step,
+    an export format) run before any weights are loaded. Nothing is read or computed.
+    """
+    if spec.method in CAST_DTYPES:
+        model.to(CAST_DTYPES[spec.method])
+        return
+    plan = plan_layers(model, spec)
+    reason = unsupported_reason(model) if spec.smooth is not None and spec.smooth_alpha > 0 else None
+    if reason:
+        raise SpecError(f"smooth={spec.smooth_alpha} cannot be applied: {reason}; set smooth: 0 to quantize without it")
+    tied = spec.lm_head and embeddings_tied(model)
+    for name, layer, scheme in plan:
+        out_features, in_features = weight_matrix(layer).shape
+        weight = layer.weight
+        model.set_submodule(name, QuantLinear(in_features, out_features, scheme, getattr(layer, "bias", None)
+                                              is not None, weight.dtype, weight.device))
+    head = model.get_output_embeddings() if tied else None
+    if isinstance(head, QuantLinear):
+        tie_quantized_embedding_(model, head)
+
+
 def _module_name(model: nn.Module, target: nn.Module) -> str:
     return next(name for name, module in model.named_modules() if module is target)
 

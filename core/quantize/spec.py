@@ -62,6 +62,18 @@ class Override:
         return replace(base, **changes, code_radius=base.code_radius if same_grid else None)
 
 
+def _override_label(override: Override) -> str:
+    """'*.self_attn.* w8 g32' or 'model.layers.0.* skip': an override as a label names it."""
+    if override.skip:
+        return f"{override.pattern} skip"
+    parts = [f"w{override.bits}"] if override.bits is not None else []
+    if override.group_size is not None:
+        parts.append(f"g{override.group_size}" if override.group_size else "per-channel")
+    if override.symmetric is not None:
+        parts.append("sym" if override.symmetric else "asym")
+    return " ".join([override.pattern, *parts])
+
+
 @dataclass(frozen=True)
 class QuantizeSpec:
     """What to quantize and how. ``group_size`` None (or 0) means one scale per output channel.
@@ -168,19 +180,45 @@ class QuantizeSpec:
 
     @property
     def label(self) -> str:
-        """Short description for charts and tables, e.g. 'gptq w4 g64 asym' or 'int8 dynamic'."""
+        """Short description for charts and tables, e.g. 'gptq w4 g64 asym', 'rtn w4 g32 sym +lm_head' or
+        'int8 dynamic (w8a8 per-token) smooth 0.5'. Two specs that quantize differently get different labels:
+        every setting away from its default is named (overrides by pattern, in order)."""
         if self.method in CAST_METHODS:
             return self.method
         if self.method == "int8_dynamic":
-            return "int8 dynamic (w8a8 per-token)" + (" gptq" if self.rounding == "gptq" else "")
-        group = f"g{self.group_size}" if self.group_size else "per-channel"
-        if self.budget is not None:
-            return f"{self.method} plan {parse_budget(self.budget, 'quantize', self.method)[0].label()}"
-        method = f"awq+{self.rounding}" if self.method == "awq" else self.method
-        mixed = f" +{len(self.overrides)} overrides" if self.overrides else ""
-        if self.planned:
-            return f"{method} planned {self.planned.get('budget_label', '')}".rstrip()
-        return f"{method} w{self.bits} {group} {'sym' if self.symmetric else 'asym'}{mixed}"
+            core = "int8 dynamic (w8a8 per-token)" + (" gptq" if self.rounding == "gptq" else "")
+            core += f" smooth {self.smooth_alpha:g}" if self.smooth_alpha else " no smoothing"
+        elif self.budget is not None:
+            core = f"{self.method} plan {parse_budget(self.budget, 'quantize', self.method)[0].label()}"
+        elif self.planned:  # the overrides are the plan's: its budget and atlas name them, shorter
+            core = f"{self._method_label} planned {self.planned.get('budget_label', '')}".rstrip()
+            core += f" (atlas {self.planned['atlas']})" if self.planned.get("atlas") else ""
+        else:
+            group = f"g{self.group_size}" if self.group_size else "per-channel"
+            core = f"{self._method_label} w{self.bits} {group} {'sym' if self.symmetric else 'asym'}"
+        return " ".join([core, *self._label_extras()])
+
+    @property
+    def _method_label(self) -> str:
+        return f"awq+{self.rounding}" if self.method == "awq" else self.method
+
+    def _label_extras(self) -> list[str]:
+        """The settings a label names besides method and scheme, each only when it is not the default."""
+        default = QuantizeSpec(method=self.method)
+        extras = ["+lm_head"] if self.lm_head else []
+        if self.uses_gptq and not self.act_order:
+            extras.append("no act-order")
+        for name in ("kernel", "blocksize", "percdamp"):
+            if getattr(self, name) != getattr(default, name) and (name == "kernel" or self.uses_gptq):
+                extras.append(f"{name} {getattr(self, name)}")
+        if self.method == "awq" and self.awq_grid != default.awq_grid:
+            extras.append(f"awq_grid {self.awq_grid}")
+        for name in ("include", "exclude"):
+            if getattr(self, name) != getattr(default, name):
+                extras.append(f"{name} {','.join(getattr(self, name))}")
+        if self.overrides and not self.planned:
+            extras.append("overrides [" + "; ".join(_override_label(o) for o in self.overrides) + "]")
+        return extras
 
     def scheme_for(self, name: str, device_type: str = "cpu") -> QuantScheme | None:
         """The scheme of layer ``name`` on a ``device_type`` model (None: left as it is)."""

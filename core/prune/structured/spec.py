@@ -76,9 +76,12 @@ class StructuredSpec:
 
     @property
     def label(self) -> str:
-        """Short description for charts and tables, e.g. 'structured mlp_channels 25%'."""
-        amount = f"{self.fraction:.0%}" if self.fraction is not None else f"layers {list(self.layers or [])}"
-        return f"structured {self.target} {amount}"
+        """Short description for charts and tables, e.g. 'structured mlp_channels 25%' or 'structured heads
+        12.5% by activation_norm'; settings that differ give labels that differ."""
+        if self.fraction is None:
+            return f"structured {self.target} {list(self.layers or [])}"
+        ranking = "" if self.importance == "weight_norm" else f" by {self.importance}"
+        return f"structured {self.target} {100 * self.fraction:.4g}%{ranking}"
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe form (round-trips through ``from_dict``)."""
