@@ -355,7 +355,6 @@ def page_timing(runs: int) -> str:
     app = AppTest.from_file(APP, default_timeout=300).run()
     app.switch_page("pages/plan.py").run()
     app.multiselect(key="plan_bits").set_value([2, 3, 4])
-    app.selectbox(key="plan_calib_text").select("default")
     app.number_input(key="plan_calib_samples").set_value(16)
     app.number_input(key="plan_calib_seqlen").set_value(128)
     next(b for b in app.run().button if b.label == "Build the atlas").click().run()

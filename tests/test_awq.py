@@ -12,7 +12,8 @@ from core.calibration.hessian import HessianAccumulator
 from core.calibration.walk import sequential_walk
 from core.errors import SpecError
 from core.layers import block_linear_layers
-from core.quantize.apply import _AwqFolder, plan_layers, quantize_
+from core.models.device import meta_model
+from core.quantize.apply import _AwqFolder, plan_layers, quantize_, quantize_planned_
 from core.quantize.awq import rescale_statistics_, scaled_error, search_scales, weight_scale
 from core.quantize.fold import block_groups, fold_, share_over_heads
 from core.quantize.scheme import QuantScheme, fake_quantize
@@ -131,6 +132,10 @@ def test_awq_is_refused_without_calibration_or_on_blocks_it_cannot_fold(tiny):
         quantize_(copy.deepcopy(tiny["llama"]), QuantizeSpec(method="awq"))
     with pytest.raises(SpecError, match="Llama-style"):
         quantize_(copy.deepcopy(tiny["gpt2"]), QuantizeSpec(method="awq", group_size=16), calibration_ids())
+    meta = meta_model(tiny["gpt2"].config)  # the checks before loading refuse it the same way
+    with pytest.raises(SpecError, match="Llama-style"):
+        quantize_planned_(meta, QuantizeSpec(method="awq", group_size=16))
+    quantize_planned_(meta_model(tiny["llama"].config), QuantizeSpec(method="awq", group_size=16))
 
 
 def test_the_spec_labels_and_needs_calibration():

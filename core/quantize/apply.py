@@ -105,6 +105,8 @@ def quantize_planned_(model: nn.Module, spec: QuantizeSpec) -> None:
     reason = unsupported_reason(model) if spec.smooth is not None and spec.smooth_alpha > 0 else None
     if reason:
         raise SpecError(f"smooth={spec.smooth_alpha} cannot be applied: {reason}; set smooth: 0 to quantize without it")
+    if spec.method == "awq":
+        _awq_folder(model, spec, {})  # refuses a model its scales cannot fold into, as the run would
     tied = spec.lm_head and embeddings_tied(model)
     for name, layer, scheme in plan:
         out_features, in_features = weight_matrix(layer).shape
