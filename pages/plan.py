@@ -23,7 +23,7 @@ QUANT_METHODS = {"rtn": "RTN: round to nearest", "gptq": "GPTQ: second-order rou
                  "awq": "AWQ: activation-aware scales, then RTN (calibration)"}
 PRUNE_METHODS = {"wanda": "Wanda: |w| x input norm (calibration)", "sparsegpt": "SparseGPT: OBS updates (calibration)",
                  "magnitude": "magnitude: smallest |w|"}
-MODES = {"proxy": "proxy: the layer's output error from calibration statistics (fast)",
+MODES = {"proxy": "proxy: the layer's output error weighted by the loss's gradients (fast)",
          "measured": "measured: KL on held-out windows with only that layer changed (slow, exact)"}
 TARGETS = {"quantize": {"avg_bits": "average bits per weight", "size_mb": "size (MB)", "max_ppl": "max perplexity"},
            "prune": {"sparsity": "sparsity", "size_mb": "size (MB, sparse export)", "max_ppl": "max perplexity"}}

@@ -168,6 +168,8 @@ def test_bad_prune_budgets_are_refused():
         PruneSpec.from_dict({"method": "wanda", "sparsity": 0.5, "budget": {"sparsity": 0.5}})
     with pytest.raises(SpecError, match="plans methods rtn, gptq, awq"):
         QuantizeSpec.from_dict({"method": "int8_dynamic", "budget": {"avg_bits": 8}})
+    with pytest.raises(SpecError, match="lm_head: true would round the output projection outside the plan"):
+        QuantizeSpec.from_dict({"method": "rtn", "lm_head": True, "budget": {"avg_bits": 4}})
 
 
 def test_budget_mappings_read_back_to_the_same_menu():

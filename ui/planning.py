@@ -54,7 +54,7 @@ def atlas_figure(atlas: Atlas, mode: str, chosen: list[int] | None = None) -> go
     floor = float(positive.min()) if positive.size else 1e-12
     z = np.log10(np.maximum(costs, floor)).T
     names = [short_layer_name(layer.name) for layer in atlas.layers]
-    unit = "KL per token (nats)" if mode == "measured" else "output error"
+    unit = "KL per token (nats)" if mode == "measured" else "estimated Δ NLL per token"
     fig = go.Figure(go.Heatmap(z=z, x=names, y=atlas.menu.labels, colorscale="Viridis",
                                colorbar={"title": f"log10 {unit}"}, customdata=costs.T,
                                hovertemplate="%{x}<br>%{y}: %{customdata:.3g}<extra></extra>"))
@@ -135,8 +135,8 @@ def prediction_figure(frame: pd.DataFrame) -> go.Figure:
     low = float(min(frame["predicted"].min(), frame["measured"].min())) * 0.95
     fig = go.Figure([go.Scatter(x=[low, high], y=[low, high], mode="lines", line={"dash": "dot", "color": "grey"},
                                 hoverinfo="skip", name="predicted = measured"),
-                     go.Scatter(x=frame["predicted"], y=frame["measured"], mode="markers", text=frame["method"],
-                                customdata=frame["id"], name="planned runs",
+                     go.Scatter(x=frame["predicted"].tolist(), y=frame["measured"].tolist(), mode="markers",
+                                text=frame["method"].tolist(), customdata=frame["id"].tolist(), name="planned runs",
                                 hovertemplate="%{customdata}<br>%{text}<br>predicted %{x:.3f}<br>measured %{y:.3f}"
                                               "<extra></extra>")])
     fig.update_layout(title="Planned runs: predicted against measured perplexity", xaxis_title="predicted",

@@ -138,6 +138,8 @@ class QuantizeSpec:
             require(self.method in QUANT_METHODS and not self.overrides,
                     f"a quantize budget plans methods {', '.join(QUANT_METHODS)} and writes the overrides itself; "
                     f"got method {self.method!r} with {len(self.overrides)} overrides")
+            require(not self.lm_head, "a quantize budget plans the decoder blocks' linear layers; lm_head: true would "
+                                      "round the output projection outside the plan and its size; leave it off")
             parse_budget(self.budget, "quantize", self.method, self.group_size, self.symmetric)
         require(self.planned is None or isinstance(self.planned, dict), "planned must be a mapping (the planner's)")
 
