@@ -14,8 +14,14 @@ from pathlib import Path
 import torch
 
 CAUSAL_FAMILIES = ("gpt2", "opt", "gpt_neox", "llama")
+# Every family of core.architectures, for the family x technique x format matrix (tests/test_families*.py)
+MATRIX_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gpt2", "opt", "gpt_neox",
+                   "falcon")
+# Families whose tokenizers put a beginning-of-sequence token before every text (Gemma's do)
+BOS_FAMILIES = ("gemma2", "gemma3")
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
+BOS_TOKEN = "<bos>"
 VOCAB_SIZE = 300
 HIDDEN = 32
 LAYERS = 2
@@ -39,9 +45,11 @@ def corpus_text(n_words: int = 1500, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tiny_tokenizer(vocab_size: int = VOCAB_SIZE):
-    """A byte-level BPE tokenizer trained on ``corpus_text()``, with EOS and PAD special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def tiny_tokenizer(vocab_size: int = VOCAB_SIZE, bos: bool = False):
+    """A byte-level BPE tokenizer trained on ``corpus_text()``, with EOS and PAD special tokens.
+
+    ``bos=True`` adds a ``<bos>`` token that the tokenizer puts before every text, as Gemma's does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
@@ -49,19 +57,27 @@ def tiny_tokenizer(vocab_size: int = VOCAB_SIZE):
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        special_tokens=[EOS_TOKEN, PAD_TOKEN] + ([BOS_TOKEN] if bos else []),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(corpus_text().splitlines(), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
+    if not bos:
+        return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
+    bos_id = backend.token_to_id(BOS_TOKEN)
+    backend.post_processor = processors.TemplateProcessing(single=f"{BOS_TOKEN} $A", pair=f"{BOS_TOKEN} $A $B",
+                                                           special_tokens=[(BOS_TOKEN, bos_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN,
+                                   pad_token=PAD_TOKEN)
 
 
-def _causal_config(family: str, vocab_size: int, eos_id: int, pad_id: int):
+def _causal_config(family: str, vocab_size: int, eos_id: int, pad_id: int, bos_id: int | None = None):
     """A 2-layer, 32-wide config of ``family``; llama uses grouped-query attention (4 heads, 2 KV)."""
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, OPTConfig
 
-    ids = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
+    ids = {"bos_token_id": eos_id if bos_id is None else bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
+    if family not in CAUSAL_FAMILIES:
+        return _matrix_config(family, vocab_size, ids)
     if family == "gpt2":
         return GPT2Config(vocab_size=vocab_size, n_positions=CONTEXT, n_embd=HIDDEN, n_layer=LAYERS, n_head=2, **ids)
     if family == "opt":
@@ -78,14 +94,58 @@ def _causal_config(family: str, vocab_size: int, eos_id: int, pad_id: int):
     raise ValueError(f"unknown family {family!r}; use one of {', '.join(CAUSAL_FAMILIES)}")
 
 
-def tiny_causal_lm(family: str, tokenizer=None):
-    """A randomly initialised (torch seed 0) causal LM of ``family`` sized for ``tokenizer``."""
+def _matrix_config(family: str, vocab_size: int, ids: dict):
+    """The other families at the same scale, each with what makes it differ (see core.architectures).
+
+    Where a family's real models fix a size that llama.cpp or transformers' GGUF loader assume rather than
+    read (Gemma's and Qwen3's head size, Phi-3's context), the tiny config keeps that size."""
+    import transformers as hf
+
+    base = {"vocab_size": vocab_size, "hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN,
+            "num_hidden_layers": LAYERS, "max_position_embeddings": CONTEXT, **ids}
+    if family == "mistral":  # sliding_window null, as Mistral 7B v0.3
+        return hf.MistralConfig(**base, num_attention_heads=4, num_key_value_heads=2, sliding_window=None)
+    if family == "qwen2":  # q/k/v biases, tied embedding (Qwen2.5-0.5B)
+        return hf.Qwen2Config(**base, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    if family == "qwen3":  # q/k norms, head size 128 apart from the width
+        return hf.Qwen3Config(**base, num_attention_heads=2, num_key_value_heads=1, head_dim=128,
+                              tie_word_embeddings=True)
+    if family == "gemma2":  # scaled embedding, 1 + w norms, pre/post feed-forward norms, sliding/full, soft-capping
+        return hf.Gemma2Config(**base, num_attention_heads=2, num_key_value_heads=1, head_dim=256,
+                               query_pre_attn_scalar=256, sliding_window=16)
+    if family == "gemma3":  # q/k norms; 6 blocks: five sliding-window (local RoPE base) and one full attention
+        return hf.Gemma3TextConfig(**{**base, "num_hidden_layers": 6}, num_attention_heads=2, num_key_value_heads=1,
+                                   head_dim=256, query_pre_attn_scalar=256, sliding_window=16)
+    if family == "phi3":  # fused qkv_proj and gate_up_proj
+        return hf.Phi3Config(**{**base, "max_position_embeddings": 4096}, num_attention_heads=4,
+                             num_key_value_heads=2, original_max_position_embeddings=4096)
+    if family == "falcon":  # fused multi-query query_key_value, parallel attention and MLP, LayerNorm
+        return hf.FalconConfig(vocab_size=vocab_size, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                               num_attention_heads=4, max_position_embeddings=CONTEXT, **ids)
+    raise ValueError(f"unknown family {family!r}; use one of {', '.join(MATRIX_FAMILIES)}")
+
+
+def tiny_causal_lm(family: str, tokenizer=None, **overrides):
+    """A randomly initialised (torch seed 0) causal LM of ``family`` sized for ``tokenizer``.
+
+    ``overrides`` change config fields (e.g. ``tie_word_embeddings=True`` for a SmolLM2-style Llama)."""
     from transformers import AutoModelForCausalLM
 
     tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
-    config = _causal_config(family, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    config = _causal_config(family, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id,
+                            tokenizer.bos_token_id)
+    if overrides:  # rebuilt, so that derived fields (Gemma's and Qwen's per-layer layer_types) follow
+        fields = {**config.to_dict(), **overrides}
+        if "num_hidden_layers" in overrides and "layer_types" not in overrides:
+            fields.pop("layer_types", None)
+        config = type(config).from_dict(fields)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+def family_tokenizer(family: str):
+    """The tiny tokenizer a family's models use: with a BOS before every text for Gemma."""
+    return tiny_tokenizer(bos=family in BOS_FAMILIES)
 
 
 def tiny_model_folder(family: str, path: Path) -> Path:

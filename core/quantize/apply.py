@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from core.architectures import family_of
 from core.calibration.hessian import HessianAccumulator, reconstruction_error
 from core.calibration.walk import check_calibration, sequential_walk
 from core.checks import require
@@ -231,11 +232,13 @@ class _AwqFolder:
 
     def __init__(self, model: nn.Module, spec: QuantizeSpec, schemes: dict[str, QuantScheme]) -> None:
         self.blocks, self.schemes, self.grid = decoder_blocks(model)[1], schemes, spec.awq_grid
+        self.family = family_of(model)
         self.searches: list = []
 
     def __call__(self, index: int, layers: list, stats: dict) -> None:
         names = {id(module): name for name, module in layers}
-        self.searches += fold_block_(block_groups(self.blocks[index]), lambda r: stats.get(names.get(id(r))),
+        groups = block_groups(self.blocks[index], self.family)
+        self.searches += fold_block_(groups, lambda r: stats.get(names.get(id(r))),
                                      lambda r: self.schemes.get(names.get(id(r))), self.grid)
 
     def summary(self) -> str:
@@ -249,8 +252,8 @@ class _AwqFolder:
 def _awq_folder(model: nn.Module, spec: QuantizeSpec, schemes: dict[str, QuantScheme]) -> _AwqFolder:
     reason = unsupported_reason(model)
     if reason:
-        raise SpecError(f"awq folds its scales into Llama-style blocks, and this model has {reason}; "
-                        "use method gptq or rtn")
+        raise SpecError(f"awq folds its scales exactly into what produces each layer's input, and this model "
+                        f"cannot take them: {reason}; use method gptq or rtn")
     return _AwqFolder(model, spec, schemes)
 
 
