@@ -143,6 +143,26 @@ def tiny_causal_lm(family: str, tokenizer=None, **overrides):
     return AutoModelForCausalLM.from_config(config).eval()
 
 
+def trained_tiny_lm(family: str, tokenizer=None, steps: int = 150, **overrides):
+    """``tiny_causal_lm`` trained for ``steps`` AdamW steps (8 windows of 32 tokens of ``corpus_text()``, seeded),
+    so that its predictions depend on its inputs, as a real model's do: a random model's near-uniform output
+    hides what a broken embedding or norm does. Windows start with the tokenizer's BOS when it adds one."""
+    tokenizer = tokenizer if tokenizer is not None else family_tokenizer(family)
+    model = tiny_causal_lm(family, tokenizer, **overrides).train()
+    ids = tokenizer(corpus_text(), return_tensors="pt")["input_ids"][0]
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        starts = torch.randint(0, ids.numel() - 33, (8,), generator=generator)
+        batch = torch.stack([ids[start : start + 32] for start in starts.tolist()])
+        if tokenizer.bos_token_id is not None and family in BOS_FAMILIES:
+            batch[:, 0] = tokenizer.bos_token_id
+        model(input_ids=batch, labels=batch, use_cache=False).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
 def family_tokenizer(family: str):
     """The tiny tokenizer a family's models use: with a BOS before every text for Gemma."""
     return tiny_tokenizer(bos=family in BOS_FAMILIES)
