@@ -87,8 +87,11 @@ def plan_layers(model: nn.Module, spec: QuantizeSpec) -> list[tuple[str, nn.Modu
     require(bool(plan), f"no layer to quantize: include={list(spec.include)} exclude={list(spec.exclude)} and the "
                          "overrides leave nothing; names look like "
                          + ", ".join(name for name, _ in block_linear_layers(model)[:3]))
+    widths: dict[int | None, tuple[int, ...]] = {}
+    for _, layer, scheme in plan:  # per group size, every input width it must divide: hints valid for all
+        widths[scheme.group_size] = (*widths.get(scheme.group_size, ()), weight_matrix(layer).shape[1])
     for name, layer, scheme in plan:
-        scheme.check_columns(weight_matrix(layer).shape[1], name)
+        scheme.check_columns(weight_matrix(layer).shape[1], name, widths[scheme.group_size])
     return plan
 
 

@@ -13,6 +13,7 @@ calibration hooks that feed them and the module surgery.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import torch
@@ -230,8 +231,10 @@ def prune_structured_(model: nn.Module, spec: StructuredSpec, calibration: torch
 
     ``calibration`` is token ids [samples, seqlen] (or [seqlen]); "activation_norm" needs it, and for
     target "layers" it ranks blocks by their residual update instead of picking evenly spaced middle
-    ones. Cancelling (during calibration) leaves the model unchanged; the surgery itself is quick.
+    ones. Without an importance in ``spec`` the ranking is by activation norms when ``calibration`` is given,
+    else by weight norms. Cancelling (during calibration) leaves the model unchanged; the surgery itself is quick.
     """
+    spec = replace(spec, importance=spec.ranking(calibration is not None))
     require(not (spec.layers is None and spec.importance == "activation_norm" and calibration is None),
             "importance 'activation_norm' needs calibration token ids ([samples, seqlen]); pass calibration=... "
             "or use importance 'weight_norm'")
