@@ -61,9 +61,13 @@ def _export_dtype(spec: ExportSpec, model: nn.Module) -> torch.dtype:
     if spec.dtype != "auto":
         return DTYPES[spec.dtype]
     quantized = any(isinstance(m, QuantLinear) for m in model.modules())
-    if spec.format == "compressed-tensors" and quantized:
-        return torch.float16  # the scales SqueezeLab stores are fp16; llm-compressor's checkpoints are 16-bit too
-    return next(model.parameters()).dtype
+    float_dtype = next(model.parameters()).dtype
+    if quantized and float_dtype == torch.float32:
+        # What stays unquantized (embedding, norms, an unquantized lm_head) in 16 bits, as the GGUF writer does:
+        # in fp32 a large vocabulary's embedding alone can outweigh the packed layers (dtype: fp32 keeps it).
+        # The scales SqueezeLab stores are fp16; llm-compressor's checkpoints are 16-bit too.
+        return torch.float16
+    return float_dtype
 
 
 def precheck(model: nn.Module, tokenizer, spec: ExportSpec) -> None:
