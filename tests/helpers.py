@@ -7,6 +7,7 @@ size 32, a ~300-token byte-level BPE vocabulary.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
@@ -147,7 +148,15 @@ def trained_tiny_lm(family: str, tokenizer=None, steps: int = 150, **overrides):
     """``tiny_causal_lm`` trained for ``steps`` AdamW steps (8 windows of 32 tokens of ``corpus_text()``, seeded),
     so that its predictions depend on its inputs, as a real model's do: a random model's near-uniform output
     hides what a broken embedding or norm does. Windows start with the tokenizer's BOS when it adds one."""
-    tokenizer = tokenizer if tokenizer is not None else family_tokenizer(family)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every test runs (conftest); a module-scoped fixture runs before that setting
+    try:
+        return _trained(family, tokenizer if tokenizer is not None else family_tokenizer(family), steps, overrides)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _trained(family: str, tokenizer, steps: int, overrides: dict):
     model = tiny_causal_lm(family, tokenizer, **overrides).train()
     ids = tokenizer(corpus_text(), return_tensors="pt")["input_ids"][0]
     generator = torch.Generator().manual_seed(0)
@@ -163,9 +172,27 @@ def trained_tiny_lm(family: str, tokenizer=None, steps: int = 150, **overrides):
     return model.eval()
 
 
+@functools.cache
+def _family_tokenizer_files(family: str) -> str:
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix=f"tiny-{family}-tokenizer-")
+    atexit.register(shutil.rmtree, folder, True)
+    tokenizer = tiny_tokenizer(bos=family in BOS_FAMILIES)
+    tokenizer.save_pretrained(folder)
+    _causal_config(family, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id,
+                   tokenizer.bos_token_id).save_pretrained(folder)
+    return folder
+
+
 def family_tokenizer(family: str):
-    """The tiny tokenizer a family's models use: with a BOS before every text for Gemma."""
-    return tiny_tokenizer(bos=family in BOS_FAMILIES)
+    """The tiny tokenizer a family's models use (a BOS before every text for Gemma), as transformers loads it
+    for that family (Qwen2's class, for one, splits digits its own way): what a reloaded export gets too."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_family_tokenizer_files(family))
 
 
 def tiny_model_folder(family: str, path: Path) -> Path:
