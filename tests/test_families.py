@@ -40,7 +40,7 @@ REFUSED = {
     ("gpt2", "compressed-tensors"): "compressed-tensors quantizes nn.Linear layers",
     ("falcon", "compressed-tensors"): "compressed-tensors quantizes nn.Linear layers",
 }
-GGUF_FAMILIES = ("llama",)  # the others: refused, naming why (see core.architectures' gguf facts)
+GGUF_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")  # others: refused, saying why
 
 # Perplexity ratios to the trained family's own (same windows) that each technique stays under
 # (measured on these models: at most 1.18, 1.09, 1.16, 1.06, 1.76, 1.007, 1.004, 1.006, 1.001, 1.001)
