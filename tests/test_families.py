@@ -195,3 +195,15 @@ def test_export_reload_within_half_a_percent(family, fmt, trained, tmp_path):
     result = export_model(model, tokenizer, spec, windows, out=tmp_path / "out")
     assert result.check_passed and result.tokenizer_match
     assert abs(result.perplexity_after / result.perplexity_before - 1) <= 0.005
+
+
+def test_the_readme_support_table_marks_the_refused_cells():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = {re.search(r"\(`(\w+)`\)", line).group(1): line for line in readme.splitlines()
+            if line.startswith("| ") and "(`" in line and line.count("|") == 14}
+    for family in MATRIX_FAMILIES:
+        model_type = "gemma3_text" if family == "gemma3" else family
+        refused = sum(1 for (name, _) in REFUSED if name == family) + (family not in GGUF_FAMILIES)
+        assert rows[model_type].count("✗") == refused, family
