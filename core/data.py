@@ -331,8 +331,15 @@ def _cut(ids: torch.Tensor, seqlen: int, max_windows: int | None, needed: str, l
     return ids[: count * seqlen].view(count, seqlen)
 
 
-def calibration_batches(ids: torch.Tensor, samples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
-    """``samples`` random windows of ``seqlen`` tokens (seeded, as GPTQ draws them): [samples, seqlen]."""
+def calibration_batches(ids: torch.Tensor, samples: int, seqlen: int, seed: int = 0,
+                        bos: int | None = None) -> torch.Tensor:
+    """``samples`` random windows of ``seqlen`` tokens (seeded, as GPTQ draws them): [samples, seqlen].
+
+    With ``bos`` (a tokenizer that adds one) each window is ``bos`` and ``seqlen - 1`` drawn tokens, so the
+    activations calibrated on are those of inputs that start as the model's always do."""
+    if bos is not None and seqlen > 1:
+        drawn = calibration_batches(ids[1:] if ids.numel() and int(ids[0]) == bos else ids, samples, seqlen - 1, seed)
+        return torch.cat([torch.full((samples, 1), bos, dtype=drawn.dtype), drawn], dim=1)
     if samples < 1:
         raise TextSourceError(f"calibration needs at least 1 sample, got {samples}")
     if ids.numel() <= seqlen:

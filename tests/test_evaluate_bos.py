@@ -130,5 +130,13 @@ def test_smollm2s_tokenizer_adds_no_bos_so_its_windows_do_not_move():
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=files[0].rsplit("/", 1)[1])
     assert data.added_bos(tokenizer) is None
-    ids = data.tokenize(tokenizer, "The tower is 324 metres tall , about the same height as an 81 @-@ storey building .")
+    ids = data.tokenize(tokenizer, "The tower is 324 metres tall , about the same height as an 81 @-@ storey .")
     assert torch.equal(data.windows(ids, 8, bos=data.added_bos(tokenizer)), data.windows(ids, 8))
+
+
+def test_calibration_windows_start_with_the_bos_too():
+    ids = torch.arange(10, 60)
+    plain = data.calibration_batches(ids, 3, 8, seed=0)
+    with_bos = data.calibration_batches(torch.cat([torch.tensor([7]), ids]), 3, 8, seed=0, bos=7)
+    assert with_bos.shape == plain.shape and (with_bos[:, 0] == 7).all() and (with_bos[:, 1:] != 7).all()
+    assert torch.equal(data.calibration_batches(ids, 3, 8, seed=0, bos=None), plain)  # no BOS: as before
