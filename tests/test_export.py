@@ -131,6 +131,8 @@ def test_what_stays_unquantized_is_written_in_16_bits_by_default(teacher, window
     assert result.check_passed and result.dtype == "float16"
     wide = export(model, teacher, windows, tmp_path / "fp32", format=fmt, dtype="fp32")
     assert wide.dtype == "float32" and result.weights_bytes < wide.weights_bytes
+    if fmt == "hf":  # stored in 16 bits, reloaded in the dtype the model ran in
+        assert load_exported(tmp_path / "default").model.model.norm.weight.dtype == torch.float32
     for path in (tmp_path / "default").glob("*.safetensors"):
         with safe_open(str(path), "pt") as tensors:
             floats = {tensor.dtype for tensor in map(tensors.get_tensor, tensors.keys()) if tensor.is_floating_point()}

@@ -94,8 +94,9 @@ def writable_formats(model: nn.Module, tokenizer) -> dict[str, str | None]:
 
 def _write(model: nn.Module, tokenizer, spec: ExportSpec, folder: Path, cancel) -> WriteReport:
     dtype = _export_dtype(spec, model)
-    if spec.format == "hf":
-        return write_hf(model, tokenizer, folder, dtype, spec.sparse, cancel)
+    if spec.format == "hf":  # narrowed by default (auto), the config keeps the dtype the model runs in
+        config_dtype = next(model.parameters()).dtype if spec.dtype == "auto" else dtype
+        return write_hf(model, tokenizer, folder, dtype, spec.sparse, cancel, config_dtype)
     if spec.format == "compressed-tensors":
         return write_ct(model, tokenizer, folder, dtype, cancel)
     return write_gguf(model, tokenizer, folder, spec.gguf_type, spec.requantize, cancel)
