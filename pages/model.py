@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import Recipe
-from ui import cache, charts, jobs, modelinfo, navigation, results, state
+from ui import cache, charts, generation, jobs, navigation, results, state
 from ui.errors import shown
 
 navigation.inside_app()
@@ -79,10 +79,5 @@ jobs.job_panel()
 
 st.subheader("Generate")
 default_prompt = "def read_config(path):\n" if loaded.source.kind == "sample" else "The capital of France is"
-prompt = st.text_area("Prompt", value=default_prompt, key="model_prompt", height=100)
-new_tokens = st.slider("New tokens", 1, 128, 40, key="model_new_tokens")
-if st.button("Generate (greedy)"):
-    with shown("Generation"):
-        continuation = modelinfo.greedy_continuation(loaded, prompt, new_tokens)
-        st.code(prompt + continuation, language=None, wrap_lines=True)
-        st.caption(f"{len(continuation)} characters generated after the prompt.")
+with shown("Generation"):
+    generation.prompt_box("model", lambda: loaded, default_prompt)

@@ -86,6 +86,24 @@ def _add_export_parser(commands) -> None:  # noqa: ANN001
     _add_common(ex)
 
 
+def _add_generate_parser(commands) -> None:  # noqa: ANN001
+    gen = commands.add_parser("generate", help="stream a model's (or a stored result's) continuation of a prompt, "
+                                               "with its tokens/s")
+    gen.add_argument("--model", default="sample:teacher",
+                     help=MODEL_HELP + ", or a stored result id (its exported artifact, else its recipe run again)")
+    gen.add_argument("--prompt", required=True, help="the text to continue")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above 0: sampled (see --seed)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--chat", default="auto", choices=["auto", "on", "off"],
+                     help="wrap the prompt in the tokenizer's chat template (auto: when it has one)")
+    gen.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                     help="compile the decode step with torch.compile (auto: for models of 20 M parameters or more)")
+    gen.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps")
+    _add_load_options(gen)
+    _add_common(gen)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="squeezelab", description="Compress causal language models and measure what it costs.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -104,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(rn)
 
     _add_export_parser(commands)
+    _add_generate_parser(commands)
 
     hist = commands.add_parser("history", help="list stored results")
     hist.add_argument("--csv", action="store_true", help="print CSV with the result-row columns")
