@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def _eval_spec(args: argparse.Namespace):
     return EvalSpec(text=args.text, seqlen=args.seqlen, max_windows=args.max_windows or None,
-                    latency=not args.no_latency)
+                    latency=not args.no_latency, compile={"auto": None, "on": True, "off": False}[args.compile])
 
 
 def _opt_ins(args: argparse.Namespace) -> dict[str, bool]:

@@ -33,6 +33,8 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--dtype", default=None, help="auto | fp32 | fp16 | bf16")
     parser.add_argument("--no-latency", action="store_true", help="skip the prefill/decode timing")
+    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                        help="time the decode step compiled by torch.compile (auto: models of 20 M parameters or more)")
 
 
 def _add_load_options(parser: argparse.ArgumentParser, what: str = "") -> None:

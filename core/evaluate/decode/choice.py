@@ -227,7 +227,8 @@ def open_decoder(model: nn.Module, prompt: torch.Tensor, max_len: int, compile: 
     steps = plan.steps + tuple(s for s in ("eager", "dynamic") if s not in plan.steps and
                                (s == "dynamic" or "dynamic" not in plan.steps))
     for step in steps:
-        key = (max_len, step, settings if step.endswith("compiled") else None)
+        # inductor writes the thread count into the C++ it generates: another count means another compile
+        key = (max_len, step, (settings, torch.get_num_threads()) if step.endswith("compiled") else None)
         with ExitStack() as stack:
             try:
                 decoder = stack.enter_context(
