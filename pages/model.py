@@ -73,6 +73,7 @@ if state.flag(baseline_key):
             st.caption(f"Speed: {results.speed_caption(baseline)}; prompt {latency['prompt_tokens']} tokens, "
                        f"{latency['new_tokens']} new tokens, medians ({latency['dtype']}); peak memory "
                        f"{measured['peak_mem_bytes'] / 2**20:,.0f} MiB.")
+            st.caption(results.loop_caption(baseline) or "")
         for note in results.notes(baseline):
             st.warning(note)
 jobs.job_panel()

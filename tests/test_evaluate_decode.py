@@ -1,4 +1,5 @@
-"""The decode loops that time generation: every step's logits equal the model's forward, per family, or it is not used."""
+"""The decode loops that time generation: every step's logits equal the model's forward, per family, or it is
+not used."""
 
 import copy
 

@@ -376,6 +376,9 @@ def result_metrics(row: ResultRow) -> None:
     st.caption(f"{details.get('text', '?')}, seqlen {details.get('seqlen', '?')}, {details.get('windows', '?')} windows"
                f" · KL(base‖model) {_fmt(row.kl_to_base, '.4f')} · {row.kernel} on {row.device}"
                + (f" · {speed}" if speed else ""))
+    loop = results.loop_caption(row)
+    if loop:
+        st.caption(loop)
     for note in results.notes(row):
         st.warning(note)
 
