@@ -11,7 +11,7 @@ An entry adds what the generic path cannot know:
 * ``note``  - why a loop is off for the family, as measured (shown beside its figures).
 
 Adding a family is one line here (or none). Whether the hand step or the compiled generic step is
-faster for a kind of kernel is in ``LOOP_ORDER``; its figures are in BENCHMARKS.md ("Acceleration").
+faster for a kind of kernel is in ``LOOP_ORDER``; ``bench/accel_bench.py`` times every step side by side.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ FAMILIES: dict[str, FamilyDecode] = {
 GENERIC = FamilyDecode()
 
 # The decode steps, fastest first, per kind of matmul kernel the model runs (``kernel_kind``); the
-# first that can run the model exactly is used. Measured side by side by bench/accel_bench.py: where
-# the generic compiled step is within 10% of the hand step it comes first, so a family needs no entry.
+# first that can run the model exactly is used. bench/accel_bench.py times them side by side; where the
+# generic compiled step is within 10% of the hand step it comes first, so a family needs no entry.
 # fbgemm's int8 weights are an opaque object torch.compile cannot trace, so int8_dynamic keeps the
 # hand step, whose stacked q/k/v and gate/up matmuls enter fbgemm once per stack.
 LOOP_ORDER: dict[str, tuple[str, ...]] = {
