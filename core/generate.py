@@ -196,7 +196,7 @@ def _result_model(row, device: str | None, allow_pickle: bool, trust_remote_code
     if row.status not in ("ok", "cancelled"):
         raise SpecError(f"result {row.id} did not finish ({row.status}); generate with a finished result")
     exported = (row.details or {}).get("export") or {}
-    artifact = exported.get("gguf_file") or exported.get("path")
+    artifact = exported.get("path")  # the exported folder (a GGUF export's holds its one .gguf file)
     if artifact and Path(artifact).exists():
         report(on_progress, "load", 0.0)
         loaded = load_exported(artifact, device=device)

@@ -109,3 +109,9 @@ def test_a_stored_result_generates_from_its_recipe_and_from_its_export(llama, te
     assert texts[0] == texts[1]  # the exported file holds the same quantized weights
     assert call(["generate", "--model", exported, "--prompt", "def x", "--max-new-tokens", "4"]) == EXIT_OK
     assert ResultStore(results_env).get(exported).status == "ok"
+    capsys.readouterr()
+    assert call(["export", quantized, "--format", "gguf", "--out", str(tmp_path / "gguf"), "--check-windows", "2",
+                 "--json"]) == EXIT_OK
+    as_gguf = load_for_generation(json.loads(capsys.readouterr().out)["id"], results_env)
+    assert "exported gguf artifact" in as_gguf.label and as_gguf.loaded.source.kind == "gguf"
+    assert generate(as_gguf.loaded.model, as_gguf.loaded.tokenizer, "def x", 8, chat=False).tokens == 8
