@@ -71,7 +71,7 @@ class Protocol:
             return recipe_for(model, steps, latency=False, windows=windows)
         return {"model": model, "steps": steps or [], "device": "cpu",
                 "calibration": {"text": "default", "samples": 64, "seqlen": 256, "seed": 0},
-                "evaluation": {"text": "default", "seqlen": 256, "max_windows": windows, "latency": False,
+                "evaluation": {"text": "default", "seqlen": 256, "max_windows": windows or None, "latency": False,
                                "compare_to_base": False}}
 
     def line(self, windows: int) -> str:
