@@ -8,8 +8,9 @@ nothing here creates an import cycle. A notebook, the CLI, the app or a worker u
               ResultStore())
 
 The packages, one per part of the engine (each ``__init__`` lists its modules):
-``models``, ``calibration``, ``prune``, ``quantize``, ``distill``, ``evaluate``, ``export``, ``recipe``, ``sweep``,
-``cli``; and the shared modules ``checks``, ``errors``, ``progress``, ``layers``, ``data``, ``store``, ``technique``.
+``models``, ``calibration``, ``prune``, ``quantize``, ``distill``, ``plan``, ``evaluate``, ``export``, ``recipe``,
+``sweep``, ``cli``; and the shared modules ``checks``, ``errors``, ``progress``, ``layers``, ``data``, ``store``,
+``technique``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ _PUBLIC: dict[str, str] = {
     "quantize_": "core.quantize.apply", "plan_layers": "core.quantize.apply",
     "DistillSpec": "core.distill.spec", "distill_": "core.distill.train",
     "evenly_spaced_layers": "core.distill.students",
+    # planning: sensitivity atlas and budget planner
+    "Atlas": "core.plan.atlas", "AtlasRequest": "core.plan.request", "atlas_for": "core.plan.request",
+    "cached_atlas": "core.plan.request", "list_atlases": "core.plan.cache", "Budget": "core.plan.menu",
+    "quantize_menu": "core.plan.menu", "prune_menu": "core.plan.menu", "Planner": "core.plan.planner",
+    "Plan": "core.plan.planner", "step_params": "core.plan.planner",
     # measuring and exporting
     "evaluate_quality": "core.evaluate.quality", "measure_size": "core.evaluate.size",
     "measure_latency": "core.evaluate.latency", "measure": "core.evaluate.measurement",

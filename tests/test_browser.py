@@ -291,6 +291,42 @@ def test_a_sweep_fills_the_front_and_names_the_best_trial(page, app_url) -> None
     assert "base model" in traces and all(y > 1 for y in traces["Pareto front"]["y"])
 
 
+def test_the_plan_page_builds_an_atlas_moves_the_budget_and_runs_the_plan(page, app_url) -> None:
+    # a tiny calibration (8 windows of 64 tokens) and evaluation (2 windows of 64 tokens): seconds a job
+    _open(page, f"{app_url}/plan?eval_seqlen=64&eval_windows=2&eval_latency=false")
+    _set_number(page, "Samples", 8)
+    _set_number(page, "Tokens each", 64)
+    page.get_by_role("button", name="Build the atlas", exact=True).click()
+    page.get_by_text(re.compile(r"^Atlas \S+: 42 layers x 2 options")).wait_for(timeout=JOB_TIMEOUT_MS)
+    _settle(page)
+    _no_exception(page)
+    bits = _metric(page, "Bits per weight (planned layers)")
+    before, heat = bits.inner_text(), _chart_data(page)
+    assert heat[1]["name"] == "chosen" and len(heat[1]["x"]) == 42  # the plan circled on the atlas
+
+    slider = page.locator("[data-testid='stSlider']", has_text="average bits per weight").get_by_role("slider")
+    slider.focus()
+    slider.press("PageUp")  # a tenth of the range more: more layers get the wider option
+    page.wait_for_function(
+        "before => [...document.querySelectorAll('[data-testid=\"stMetric\"]')].some(m =>"
+        " m.innerText.includes('Bits per weight (planned layers)') && !m.innerText.includes(before))", arg=before)
+    _settle(page)
+    assert float(bits.inner_text()) > float(before)
+
+    page.get_by_role("button", name="Run this plan", exact=True).click()
+    page.get_by_text(re.compile(r"Finished in [\d.]+ s · result \S+")).wait_for(timeout=JOB_TIMEOUT_MS)
+    page.get_by_text("Planned runs: predicted and measured", exact=True).wait_for()
+    _settle(page)
+    _no_exception(page)
+    note = page.get_by_text(re.compile(r"^Predicted [\d.]+, measured [\d.]+")).inner_text()
+    guess, measured = (float(v) for v in re.match(r"Predicted ([\d.]+), measured ([\d.]+)", note).groups())
+    assert guess > 1 and measured > 1
+    runs = _chart_data(page, 1)[1]  # the planned runs: predicted (x) against measured (y)
+    assert runs["x"] == [pytest.approx(guess, abs=1e-3)] and runs["y"] == [pytest.approx(measured, abs=1e-3)]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "plan.png"), full_page=True)
+
+
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_renders_and_is_photographed(page, app_url, name) -> None:
     """Each page in a fresh session; its screenshot (after the job above, so Trade-offs has points) for the README."""

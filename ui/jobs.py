@@ -58,7 +58,8 @@ class Job:
     abort_requested: bool = False  # a second cancel: stop even the evaluation of what a cancelled step kept
     curve: list[dict] = field(default_factory=list)  # training records of a distill step, as they arrive
     page: str = ""  # the file of the page that started the job ("pages/prune.py"); its panel is drawn there
-    # work other than one recipe (a sweep): task(on_progress, cancel, on_record) -> the id of the row to show
+    # work other than one recipe (a sweep, an atlas): task(on_progress, cancel, on_record) -> the id of the row
+    # to show, or None when the work keeps no row (its page shows what it made)
     task: Callable[..., str | None] | None = None
 
     @property
@@ -107,8 +108,9 @@ class Worker:
         """Queue ``recipe``; ``base`` (the cached model of ``recipe.model``) saves loading it again;
         ``page`` is the file of the page that started it (its panel is drawn there).
 
-        ``task`` replaces the run of ``recipe`` by other work (a sweep of it): ``task(on_progress, cancel,
-        on_record)`` returns the id of the result row the job ends on; ``on_record(dict)`` adds to ``curve``."""
+        ``task`` replaces the run of ``recipe`` by other work (a sweep of it, an atlas of its model):
+        ``task(on_progress, cancel, on_record)`` returns the id of the result row the job ends on (or None);
+        ``on_record(dict)`` adds to ``curve``."""
         if base is not None and base.source.ref != recipe.model:
             raise ValueError(f"base model {base.source.ref!r} is not the recipe's model {recipe.model!r}")
         job_id = f"{next(self._counter)}-{secrets.token_hex(3)}"
@@ -331,8 +333,8 @@ def _render_finished(job: Job) -> None:
         return
     row = _stored_row(job) if job.result_id else None
     measured = row is not None and row.perplexity is not None
-    if job.status == "done":
-        st.success(f"Finished in {job.elapsed_s:.1f} s · result {job.result_id}")
+    if job.status == "done":  # a task that keeps no row (an atlas) is shown by its page
+        st.success(f"Finished in {job.elapsed_s:.1f} s" + (f" · result {job.result_id}" if job.result_id else ""))
     elif measured:  # a step stopped gracefully on the cancel: what it kept was evaluated and stored
         st.warning(f"Cancelled after {job.elapsed_s:.0f} s: what the run had done was kept, evaluated and stored as "
                    f"result {row.id} (status cancelled).")

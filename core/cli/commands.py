@@ -16,6 +16,7 @@ import yaml
 from core.calibration.spec import CalibrationSpec
 from core.cli.output import print_row, progress_printer
 from core.cli.parser import EXIT_OK
+from core.cli.plan import cmd_plan
 from core.errors import SpecError, SqueezeLabError
 from core.evaluate.spec import EvalSpec
 from core.export.spec import ExportSpec
@@ -158,4 +159,5 @@ def cmd_build_samples(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "eval": cmd_eval, **{kind: step_command(kind) for kind in STEPS}, "run": cmd_run, "export": cmd_export,
     "sweep": cmd_sweep, "history": cmd_history, "app": cmd_app, "build-samples": cmd_build_samples,
+    "plan": cmd_plan,
 }

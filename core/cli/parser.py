@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core.cli.plan import add_plan_parser
 from core.export.spec import DTYPES as EXPORT_DTYPES
 from core.export.spec import FORMATS, GGUF_TYPES
 from core.recipe.steps import STEPS
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_export_parser(commands)
     _add_sweep_parser(commands)
+    add_plan_parser(commands, MODEL_HELP)
 
     hist = commands.add_parser("history", help="list stored results")
     hist.add_argument("--csv", action="store_true", help="print CSV with the result-row columns")

@@ -27,6 +27,7 @@ from core.models.source import LoadedModel, resolve
 from core.progress import CancelFn, ProgressFn, report
 from core.quantize.qlinear import QuantLinear
 from core.recipe import preflight
+from core.recipe.budget import needs_planning, resolve_budgets
 from core.recipe.recipe import Recipe
 from core.recipe.texts import text_notes
 from core.store import ResultRow, ResultStore
@@ -105,6 +106,10 @@ def run(
     """
     export_spec = check_before_start(recipe, base)
     started = time.perf_counter()
+    if needs_planning(recipe):  # the row records the planned recipe, which reruns without planning
+        base = base or load(recipe.model, device=recipe.device, dtype=recipe.dtype, **recipe.load_options)
+        recipe = resolve_budgets(recipe, base, step_context(recipe, base, on_progress, cancel), store.root)
+        preflight.check(recipe, base)  # the planned schemes, layer by layer, and the export of what they make
     with store.run(recipe.model, recipe.to_yaml(), device=recipe.device, sweep=sweep,
                    sweep_params=sweep_params) as run_id:
         report(on_progress, "load", 0.0)

@@ -5,7 +5,8 @@
 1. the model's ``config.json`` (no weights) becomes a model on the meta device (``core.models.device.meta_model``):
    every module and shape, no memory; an export of SqueezeLab's own form gets its packed layers back;
 2. the steps are played on it in order, as far as shapes go: a quantize step swaps in empty packed layers of
-   the planned schemes (group sizes checked layer by layer), a prune step checks the layers it selects (N:M
+   the planned schemes (group sizes checked layer by layer; a ``budget:`` step checks every option of its menu
+   and that the budget is not below its lightest choice), a prune step checks the layers it selects (N:M
    widths), structured pruning and the layer-dropped / narrowed students rebuild the meta model from the changed
    config, and a model-reference student or teacher is read the same way (vocabulary checked);
 3. the export section: its targets (folder, zip) and whether the format holds what the steps make;
@@ -20,7 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from core.errors import HubUnreachableError
 from core.export.export import precheck, space_needed
 from core.export.files import check_free_space, check_target
 from core.export.spec import ExportSpec
-from core.layers import decoder_blocks, is_linear, weight_matrix
+from core.layers import block_linear_layers, decoder_blocks, is_linear, weight_matrix
 from core.models import files
 from core.models.device import (
     ModelDims,
@@ -49,6 +50,9 @@ from core.models.device import (
 from core.models.exported import QUANT_METHOD
 from core.models.loading import check_weight_format, hub_reachable, load_tokenizer, read_config
 from core.models.source import LoadedModel, ModelSource, context_length, resolve
+from core.plan.menu import parse_budget
+from core.plan.planner import check_budget_fits
+from core.plan.sizes import LayerShape, element_size, fixed_bytes
 from core.prune.apply import check_layers
 from core.prune.step import PruneStep
 from core.prune.structured.apply import planned_changes
@@ -206,9 +210,9 @@ def _swap_packed(meta: nn.Module, schemes: dict[str, QuantScheme], tied: bool) -
 
 def _play(plan: _Plan, step: Any) -> None:
     if isinstance(step, QuantizeSpec):
-        if step.needs_calibration:
-            plan.calibrated.append((plan.dims(), step.uses_gptq))
-        quantize_planned_(plan.model, step)
+        if step.needs_calibration:  # a budget's atlas walks the blocks like GPTQ
+            plan.calibrated.append((plan.dims(), step.uses_gptq or step.budget is not None))
+        _quantize_shapes(plan.model, step)
         plan.replay.append(step)
     elif isinstance(step, PruneStep):
         if step.spec.needs_calibration:
@@ -219,8 +223,35 @@ def _play(plan: _Plan, step: Any) -> None:
             _rebuild(plan, planned_changes(plan.model, step.spec))
         else:
             check_layers(plan.model, step.spec)
+            if step.spec.budget is not None:
+                _check_budget(plan.model, step.spec.budget, "prune", step.spec)
     elif isinstance(step, DistillSpec):
         _play_distill(plan, step)
+
+
+def _quantize_shapes(model: nn.Module, spec: QuantizeSpec) -> None:
+    """``quantize_planned_``, or for a ``budget:`` step (whose per-layer choice needs the weights): every
+    option of its menu checked on every layer, the budget against the menu's lightest choice, and the model
+    left with every layer at the heaviest option (the bounds then err on the safe side). The run checks the
+    planned recipe again once it is planned (``core.recipe.pipeline.run``)."""
+    if spec.budget is None:
+        quantize_planned_(model, spec)
+        return
+    _, menu = parse_budget(spec.budget, "quantize", spec.method, spec.group_size, spec.symmetric)
+    _check_budget(model, spec.budget, "quantize", spec, spec.group_size, spec.symmetric)
+    for option in menu.options:
+        fixed = replace(spec, budget=None, bits=option.bits, group_size=option.group_size, symmetric=option.symmetric)
+        quantize_planned_(copy.deepcopy(model) if option != menu.options[-1] else model, fixed)
+
+
+def _check_budget(model: nn.Module, raw: dict, technique: str, spec: Any, group_size: int | None = None,
+                  symmetric: bool = True) -> None:
+    """A size or sparsity budget that even the menu's lightest choice exceeds, refused before loading (the
+    layers are those ``core.recipe.budget`` plans: the selected linear layers of the blocks)."""
+    budget, menu = parse_budget(raw, technique, spec.method, group_size, symmetric)
+    shapes = [LayerShape(name, *weight_matrix(layer).shape)
+              for name, layer in block_linear_layers(model, spec.include, spec.exclude)]
+    check_budget_fits(shapes, menu, budget, fixed_bytes(model, [shape.name for shape in shapes]), element_size(model))
 
 
 def _rebuild(plan: _Plan, changes: dict[str, Any]) -> None:
@@ -229,7 +260,7 @@ def _rebuild(plan: _Plan, changes: dict[str, Any]) -> None:
     apply_config(config, changes)
     plan.model = meta_model(config, plan.dtype)
     for spec in plan.replay:
-        quantize_planned_(plan.model, spec)
+        _quantize_shapes(plan.model, spec)
 
 
 def _play_distill(plan: _Plan, spec: DistillSpec) -> None:
