@@ -12,7 +12,7 @@ $(BIN)/squeezelab: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" || $(BIN)/python -m pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
-	$(BIN)/python -m pip install --quiet -e ".[dev,gguf]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,gguf,ray]"
 	touch $@
 
 app: $(BIN)/squeezelab

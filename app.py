@@ -17,6 +17,8 @@ st.set_page_config(page_title="SqueezeLab", page_icon="🗜️", layout="wide")
 PAGES = {  # page file -> page; the file names the page a job belongs to (ui.jobs)
     "pages/model.py": st.Page("pages/model.py", title="Model", icon=":material/memory:", default=True),
     **technique_pages(),  # a page per technique in core's step table: Prune, Quantize, Distill
+    "pages/plan.py": st.Page("pages/plan.py", title="Plan", icon=":material/tune:"),
+    "pages/sweep.py": st.Page("pages/sweep.py", title="Sweep", icon=":material/grid_view:"),
     "pages/tradeoffs.py": st.Page("pages/tradeoffs.py", title="Trade-offs", icon=":material/scatter_plot:"),
     "pages/export.py": st.Page("pages/export.py", title="Export", icon=":material/download:"),
 }

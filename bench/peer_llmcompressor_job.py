@@ -8,14 +8,17 @@ writes the job file and reads back the result. The job (JSON):
 
     {"model_dir": <HF folder>, "out_dir": <folder for the compressed model>,
      "calibration_ids": <.json file: a list of lists of token ids, all the same length>,
-     "recipe": {"kind": "sparsegpt" | "wanda" | "gptq" | "rtn",
+     "recipe": {"kind": "sparsegpt" | "wanda" | "gptq" | "rtn" | "awq",
                 "sparsity": 0.5, "mask_structure": "0:0" | "2:4",       # pruning
                 "bits": 4, "group_size": 64, "symmetric": true},         # quantization
      "threads": 2}
 
 Optional recipe keys, passed on to the modifier when present: ``dampening_frac`` and ``block_size``
 (SparseGPT, GPTQ), ``actorder`` (GPTQ; llm-compressor's default is "static"), ``observer``
-(weight observer for GPTQ / RTN; the scheme's default is min-max).
+(weight observer for GPTQ / RTN; the scheme's default is min-max), ``owl`` (SparseGPT: ``{"m": 5,
+"lambda": 0.08}`` sets ``sparsity_profile: owl`` with those ``owl_m`` / ``owl_lmbda``), ``n_grid`` and
+``duo_scaling`` (AWQ). ``awq`` is llm-compressor's ``AWQModifier`` (scales searched and folded) followed by
+its ``QuantizationModifier`` (RTN) with the same scheme keys as ``rtn``.
 
 What is timed: the ``oneshot`` call alone (wall seconds, ``time.perf_counter``), not loading or
 saving. Peak RSS is the process's ``ru_maxrss`` after oneshot (so it includes the loaded model).
@@ -43,7 +46,7 @@ import time
 from pathlib import Path
 
 PRUNING_KINDS = ("sparsegpt", "wanda")
-QUANT_KINDS = ("gptq", "rtn")
+QUANT_KINDS = ("gptq", "rtn", "awq")
 # Linear layers inside the decoder blocks (``model.layers.N``); lm_head and embeddings stay dense.
 DECODER_BLOCKS = r"re:.*layers\.\d+$"
 TOKENIZER_FILES = (
@@ -67,6 +70,8 @@ def build_modifier(recipe: dict):
         if kind == "sparsegpt":
             from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
 
+            if "owl" in recipe:
+                extra.update(sparsity_profile="owl", owl_m=recipe["owl"]["m"], owl_lmbda=recipe["owl"]["lambda"])
             return SparseGPTModifier(**common, **extra)
         from llmcompressor.modifiers.pruning.wanda import WandaPruningModifier
 
@@ -94,6 +99,11 @@ def build_modifier(recipe: dict):
             return GPTQModifier(**common, **extra)
         from llmcompressor.modifiers.quantization import QuantizationModifier
 
+        if kind == "awq":
+            from llmcompressor.modifiers.transform.awq import AWQModifier
+
+            awq = {k: recipe[k] for k in ("n_grid", "duo_scaling") if k in recipe}
+            return [AWQModifier(**awq), QuantizationModifier(**common)]
         return QuantizationModifier(**common)
     raise ValueError(f"unknown recipe kind {kind!r}; use one of {PRUNING_KINDS + QUANT_KINDS}")
 

@@ -8,8 +8,9 @@ nothing here creates an import cycle. A notebook, the CLI, the app or a worker u
               ResultStore())
 
 The packages, one per part of the engine (each ``__init__`` lists its modules):
-``models``, ``calibration``, ``prune``, ``quantize``, ``distill``, ``evaluate``, ``export``, ``recipe``,
-``cli``; and the shared modules ``checks``, ``errors``, ``progress``, ``layers``, ``data``, ``store``, ``technique``.
+``models``, ``calibration``, ``prune``, ``quantize``, ``distill``, ``plan``, ``evaluate``, ``export``, ``recipe``,
+``sweep``, ``cli``; and the shared modules ``checks``, ``errors``, ``progress``, ``layers``, ``data``, ``store``,
+``technique``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ _PUBLIC: dict[str, str] = {
     "CalibrationSpec": "core.calibration.spec", "EvalSpec": "core.evaluate.spec",
     "ResultStore": "core.store", "ResultRow": "core.store", "RESULT_FIELDS": "core.store",
     "UnknownResultError": "core.store", "default_results_dir": "core.store",
+    # sweeps: many recipes from one, a grid or an Optuna search
+    "SweepSpec": "core.sweep.spec", "SweepReport": "core.sweep.report", "load_sweep": "core.sweep.spec",
+    "run_sweep": "core.sweep.run", "sweep_report": "core.sweep.run", "sweep_cost": "core.sweep.run",
+    "stored_sweep": "core.sweep.run", "sweep_names": "core.sweep.run",
     # techniques
     "PruneSpec": "core.prune.spec", "prune_": "core.prune.apply", "ThresholdPreview": "core.prune.preview",
     "StructuredSpec": "core.prune.structured.spec", "params_removed": "core.prune.structured.apply",
@@ -39,6 +44,11 @@ _PUBLIC: dict[str, str] = {
     "quantize_": "core.quantize.apply", "plan_layers": "core.quantize.apply",
     "DistillSpec": "core.distill.spec", "distill_": "core.distill.train",
     "evenly_spaced_layers": "core.distill.students",
+    # planning: sensitivity atlas and budget planner
+    "Atlas": "core.plan.atlas", "AtlasRequest": "core.plan.request", "atlas_for": "core.plan.request",
+    "cached_atlas": "core.plan.request", "list_atlases": "core.plan.cache", "Budget": "core.plan.menu",
+    "quantize_menu": "core.plan.menu", "prune_menu": "core.plan.menu", "Planner": "core.plan.planner",
+    "Plan": "core.plan.planner", "step_params": "core.plan.planner",
     # measuring and exporting
     "evaluate_quality": "core.evaluate.quality", "measure_size": "core.evaluate.size",
     "measure_latency": "core.evaluate.latency", "measure": "core.evaluate.measurement",

@@ -28,7 +28,7 @@ import pandas as pd
 from core.checks import check_keys
 from core.errors import CancelledError, ResultStoreError, SqueezeLabError
 from core.store_access import check_intact, check_paths, make_folders, read_only_rows, translated
-from core.store_claims import abandoned, claim, release, scratch_name
+from core.store_claims import abandoned, claim, mark, own_scratch, release, scratch_name, unmark
 
 RESULT_FIELDS: tuple[str, ...] = (
     "id", "created", "model", "recipe", "perplexity", "base_perplexity", "top1_acc",
@@ -183,9 +183,9 @@ class ResultStore:
                     conn.execute(f"ALTER TABLE results ADD COLUMN {name} {types.get(name, 'TEXT')}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def start(self, model: str, recipe: str, device: str | None = None,
-              details: dict[str, Any] | None = None) -> str:
-        """Commit a "running" row for a run about to begin and return its id."""
+    def start(self, model: str, recipe: str, device: str | None = None, details: dict[str, Any] | None = None,
+              sweep: str | None = None, sweep_params: str | None = None) -> str:
+        """Commit a "running" row for a run about to begin and return its id (tagged when a sweep's trial)."""
         for _ in range(5):  # the random suffix makes a clash within one second very unlikely
             now = datetime.now(UTC)
             run_id = f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
@@ -194,9 +194,9 @@ class ResultStore:
                 with self._write() as conn:
                     conn.execute(
                         "INSERT INTO results (id, created, model, recipe, device, status,"
-                        " details, pid) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                        " details, pid, sweep, sweep_params) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
                         (run_id, now.isoformat(timespec="microseconds"), model, recipe, device,
-                         _dump_details(details or {}), os.getpid()))
+                         _dump_details(details or {}), os.getpid(), sweep, sweep_params))
                 return run_id
             except BaseException as e:
                 release(run_id)
@@ -258,6 +258,10 @@ class ResultStore:
                 for r in self._rows("SELECT * FROM results ORDER BY created DESC, id DESC")]
         return [row for row in rows if status is None or row.status == status]
 
+    def sweep_rows(self, sweep: str | None = None) -> list[ResultRow]:
+        """The rows of the sweep named ``sweep`` (of every sweep when None), oldest first."""
+        return [row for row in reversed(self.list()) if row.sweep is not None and sweep in (None, row.sweep)]
+
     def delete(self, run_id: str) -> None:
         """Remove a row and its artifact folder."""
         with self._write() as conn:
@@ -275,10 +279,10 @@ class ResultStore:
         return len(dead)
 
     @contextlib.contextmanager
-    def run(self, model: str, recipe: str, device: str | None = None,
-            details: dict[str, Any] | None = None) -> Iterator[str]:
+    def run(self, model: str, recipe: str, device: str | None = None, details: dict[str, Any] | None = None,
+            sweep: str | None = None, sweep_params: str | None = None) -> Iterator[str]:
         """Start a row and yield its id; the row never stays "running" after the block."""
-        run_id = self.start(model, recipe, device, details)
+        run_id = self.start(model, recipe, device, details, sweep, sweep_params)
         try:
             yield run_id
         except BaseException as e:
@@ -307,7 +311,9 @@ class ResultStore:
         tmp = self.artifacts / scratch_name(".tmp-", run_id)
         try:
             tmp.mkdir()
+            mark(tmp)
             yield tmp
+            unmark(tmp)  # it becomes the artifact: the marker stays behind only on a crash
             self._move_into_place(tmp, self.artifact_dir(run_id))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -324,10 +330,12 @@ class ResultStore:
             had_old = final.exists()
             if had_old:
                 os.replace(final, old)
+                mark(old)
             try:
                 os.replace(tmp, final)
             except OSError:
                 if had_old:
+                    unmark(old)
                     os.replace(old, final)
                 raise
             shutil.rmtree(old, ignore_errors=True)
@@ -335,14 +343,19 @@ class ResultStore:
             release(old.name)
 
     def _clean_scratch_folders(self) -> None:
-        """Delete scratch folders of crashed writers; restore an artifact a crash left aside."""
+        """Delete scratch folders of crashed writers; restore an artifact a crash left aside.
+
+        Only provably SqueezeLab's own entries (``store_claims.own_scratch``: exact name, real folder, marker)
+        whose writer is gone are touched; anything else under ``artifacts/`` is left as it is.
+        """
         for path in [*self.artifacts.glob(".tmp-*"), *self.artifacts.glob(".old-*")]:
-            parts = path.name.rsplit("-", 2)  # [".tmp-<id>", "<pid>", "<random>"]
-            pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
-            if not abandoned(path.name, pid):
+            owned = own_scratch(path)
+            if owned is None or not abandoned(path.name, owned[2]):
                 continue
-            final = self.artifacts / parts[0][len(".old-"):]
-            if path.name.startswith(".old-") and not final.exists():
+            kind, name, _pid = owned
+            final = self.artifacts / name
+            if kind == "old" and not final.exists() and final.parent == self.artifacts:
+                unmark(path)
                 os.replace(path, final)
             else:
                 shutil.rmtree(path, ignore_errors=True)

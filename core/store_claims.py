@@ -8,14 +8,21 @@ once that pid no longer exists; this process takes it for abandoned unless it cl
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import threading
+from pathlib import Path
 
 # Process-wide by nature: the run ids and scratch folders this process is working on, whichever
 # ResultStore instance made them. A Streamlit rerun builds a new store while a worker thread still
 # runs; without this set the new store would take the live run for an interrupted one.
 _CLAIMED: set[str] = set()
 _CLAIMED_LOCK = threading.Lock()
+# A scratch folder of the store: ".tmp-<run id>-<pid>-<8 hex>" (being written) or ".old-<artifact>-<pid>-<8 hex>"
+# (an artifact moved aside while its replacement moves in). Only a real folder with exactly such a name AND the
+# marker file below, whose content repeats the name, is ever taken for SqueezeLab's own.
+SCRATCH = re.compile(r"^\.(tmp|old)-(.+)-(\d+)-([0-9a-f]{8})$")
+MARKER = ".squeezelab-scratch"
 
 
 def claim(name: str) -> str:
@@ -54,3 +61,30 @@ def abandoned(name: str, pid: int | None) -> bool:
     except PermissionError:  # it exists but belongs to another user
         return False
     return False
+
+
+def mark(folder: Path) -> None:
+    """Write the marker that proves ``folder`` is a scratch folder this store made."""
+    (folder / MARKER).write_text(folder.name, encoding="utf-8")
+
+
+def unmark(folder: Path) -> None:
+    """Remove the marker (before a scratch folder becomes an artifact)."""
+    (folder / MARKER).unlink(missing_ok=True)
+
+
+def own_scratch(path: Path) -> tuple[str, str, int] | None:
+    """(kind "tmp" or "old", the run id or artifact name, pid) when ``path`` is provably a scratch folder of
+    the store - the exact name, a real folder (not a link) and its marker - else None: never touch it."""
+    match = SCRATCH.match(path.name)
+    if match is None or path.is_symlink() or not path.is_dir():
+        return None
+    marker = path / MARKER
+    try:
+        if marker.is_symlink() or not marker.is_file() or marker.stat().st_size > 256:
+            return None
+        if marker.read_text(encoding="utf-8") != path.name:
+            return None
+    except (OSError, UnicodeDecodeError):
+        return None
+    return match[1], match[2], int(match[3])

@@ -73,6 +73,10 @@ def amount_params(method: str) -> dict:
         st.caption(f"{pattern} keeps {n} of every {m} consecutive weights of each row: sparsity {1 - n / m:.0%}.")
         return {"pattern": pattern}
     params = {"sparsity": round(st.slider("Target sparsity", 0.0, 0.95, 0.5, 0.05, key="prune_sparsity", **SESSION), 4)}
+    if method in ("wanda", "sparsegpt") and st.checkbox(
+            "OWL: per-block sparsity from outlier shares (λ 0.08, M 5)", False, key="prune_owl", **SESSION,
+            help="Blocks whose Wanda scores hold more outliers keep more weights; the overall sparsity stays"):
+        params["owl"] = {"lambda": 0.08, "m": 5}
     if method == "magnitude":
         params["scope"] = st.radio("Scope", ["per-matrix", "global"], horizontal=True, key="prune_scope",
                                    help="global: one |w| cut across all layers, so layers end up with different "

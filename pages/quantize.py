@@ -11,6 +11,7 @@ navigation.inside_app()
 METHODS = {
     "rtn": "RTN: round to nearest (no data needed)",
     "gptq": "GPTQ: second-order, compensates rounding errors (calibration)",
+    "awq": "AWQ: activation-aware scales folded into the norms, then RTN or GPTQ (calibration)",
     "int8_dynamic": "Dynamic int8: int8 weights and per-token int8 activations (integer kernel)",
     "bf16": "bf16: the whole model in bfloat16",
     "fp16": "fp16: the whole model in float16",
@@ -86,8 +87,11 @@ def overrides() -> list[dict]:
 
 method = st.selectbox("Method", list(METHODS), format_func=METHODS.get, key="quant_method", **SESSION)
 params: dict = {"method": method}
-if method in ("rtn", "gptq"):
+if method in ("rtn", "gptq", "awq"):
     params.update(scheme_params(method))
+    if method == "awq":
+        params["rounding"] = st.radio("Then round with", ["rtn", "gptq"], horizontal=True, key="quant_awq_rounding",
+                                      **SESSION)
     params["lm_head"] = st.checkbox("Also quantize lm_head (RTN)", False, key="quant_lm_head", **SESSION)
     params["overrides"] = overrides()
 elif method == "int8_dynamic":

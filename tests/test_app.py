@@ -435,3 +435,45 @@ def test_cancelling_a_distillation_keeps_its_best_student_metrics_and_curve(resu
     assert float(metric(app, "Perplexity").split(" ± ")[0]) == pytest.approx(row.perplexity, rel=0.01)
     assert len(app.get("plotly_chart")) == 2  # the curves of the steps done
     assert any(f"{report['steps_done']}/500 steps (cancelled)" in c.value for c in app.caption)
+
+
+def test_the_sweep_page_offers_a_grid_and_refuses_an_empty_one(results_dir: Path) -> None:
+    app = start().switch_page("pages/sweep.py").run()
+    assert not app.exception and not app.error
+    assert any("No sweep yet" in i.value for i in app.info)
+    plan = next(i.value for i in app.info if i.value.startswith("Sweep `"))
+    assert "3 trials" in plan  # the base measurement and the default grid's two trials
+    assert not button(app, "Run sweep").disabled
+    app.multiselect(key="sweep_grid_quantize_bits").set_value([]).run()
+    assert any("grid.steps.0.quantize.bits must be a non-empty list" in e.value for e in app.error)
+    assert button(app, "Run sweep").disabled
+    app.radio(key="sweep_mode").set_value("search").run()
+    assert not app.exception and not app.error
+    assert "21 trials" in next(i.value for i in app.info if i.value.startswith("Sweep `"))  # base + a budget of 20
+
+
+def test_the_sweep_page_runs_a_grid_and_shows_the_front_and_the_best_trial(results_dir: Path) -> None:
+    app = use_student_with_tiny_eval(start()).switch_page("pages/sweep.py").run()
+    app.multiselect(key="sweep_grid_quantize_bits").set_value([2, 8]).run()
+    button(app, "Run sweep").click().run()
+    assert not app.exception and not app.error
+    job = finished(app.query_params["job"])
+    assert job.status == "done", job.error
+    assert [record["finished"] for record in job.curve] == [1, 2]  # a record per finished trial, live
+    store = ResultStore(results_dir)
+    name = store.sweep_rows()[0].sweep
+    rows = store.sweep_rows(name)
+    assert len(rows) == 3 and all(row.status == "ok" and row.model == "sample:student" for row in rows)
+    best = min((r for r in rows if r.sweep_params != "{}" and r.perplexity <= 1.10 * rows[0].perplexity),
+               key=lambda r: r.size_bytes)
+    assert job.result_id == best.id
+
+    app.run()
+    assert not app.exception and not app.error
+    assert any(s.value.startswith(f"Best acceptable trial: {best.id}") for s in app.success)
+    front = next(chart for chart in app.get("plotly_chart") if "Pareto front" in chart.proto.spec)
+    assert best.id in front.proto.spec and "base" in front.proto.spec
+    assert any("Parcoords" in chart.proto.spec or "parcoords" in chart.proto.spec for chart in app.get("plotly_chart"))
+    table = app.dataframe[0].value
+    assert set(table["id"]) == {r.id for r in rows if r.sweep_params != "{}"} and table["best"].sum() == 1
+    assert app.code and app.code[-1].value.strip() == best.recipe.strip()  # the best trial's recipe, to rerun or export

@@ -4,8 +4,8 @@
 skips them with the reason otherwise; never `playwright install`. One Streamlit server on
 127.0.0.1 (a free port, an empty results history) and one browser serve the whole module, and the
 tests run in file order: the slider preview, a prune job on the sample teacher and its point on
-Trade-offs, the Export download, then every page with its screenshot in docs/screenshots/ (which
-the README shows). About two minutes on two CPU cores.
+Trade-offs, the Export download, a small sweep and its front, then every page with its screenshot in
+docs/screenshots/ (which the README shows). About two minutes on two CPU cores.
 
 Every request the page makes is recorded: a test fails when the page asked any host but the app's own
 server (127.0.0.1:<port>), since an offline user would see that request fail.
@@ -31,8 +31,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 SHOTS = ROOT / "docs" / "screenshots"
+# screenshot name -> URL path (the Model page is the default, at the root)
 PAGES = {"model": "", "prune": "prune", "quantize": "quantize", "distill": "distill", "tradeoffs": "tradeoffs",
-         "export": "export"}  # screenshot name -> URL path (the Model page is the default, at the root)
+         "export": "export", "sweep": "sweep"}
 RUN_TIMEOUT_MS = 240_000  # one script run; the first loads the model
 JOB_TIMEOUT_MS = 300_000  # a magnitude job with 2 windows of 64 tokens takes seconds; the margin is for a busy machine
 
@@ -267,6 +268,65 @@ def test_export_downloads_a_zip_with_the_weights(page, app_url, finished_job, tm
     assert weights and all(size > 0 for size in weights.values()), sorted(sizes)
 
 
+def test_a_sweep_fills_the_front_and_names_the_best_trial(page, app_url) -> None:
+    _open(page, f"{app_url}/sweep")
+    _set_number(page, "Window length (seqlen)", 64)
+    _set_number(page, "Windows (0 = every window)", 2)
+    page.get_by_text("Measure speed (prefill, decode, peak memory)").click()
+    _settle(page)
+    plan = page.locator("[data-testid='stAlertContentInfo']").first.inner_text()
+    assert re.match(r"Sweep \S+: 3 trials", plan), plan  # the base and RTN at 4 and 8 bits
+
+    page.get_by_role("button", name="Run sweep", exact=True).click()
+    best = page.get_by_text(re.compile(r"Best acceptable trial: \S+"))
+    best.wait_for(timeout=JOB_TIMEOUT_MS)
+    _settle(page)
+    _no_exception(page)
+    best_id = re.search(r"Best acceptable trial: (\S+)", best.inner_text()).group(1)
+    traces = {trace["name"]: trace for index in range(page.locator("[data-testid='stPlotlyChart']").count())
+              for trace in _chart_data(page, index) if trace["name"]}
+    front = [point[0] for point in traces["Pareto front"]["customdata"]]
+    assert best_id in front and len(front) >= 1
+    assert [point[0] for point in traces["best acceptable"]["customdata"]] == [best_id]
+    assert "base model" in traces and all(y > 1 for y in traces["Pareto front"]["y"])
+
+
+def test_the_plan_page_builds_an_atlas_moves_the_budget_and_runs_the_plan(page, app_url) -> None:
+    # a tiny calibration (8 windows of 64 tokens) and evaluation (2 windows of 64 tokens): seconds a job
+    _open(page, f"{app_url}/plan?eval_seqlen=64&eval_windows=2&eval_latency=false")
+    _set_number(page, "Samples", 8)
+    _set_number(page, "Tokens each", 64)
+    page.get_by_role("button", name="Build the atlas", exact=True).click()
+    page.get_by_text(re.compile(r"^Atlas \S+: 42 layers x 2 options")).wait_for(timeout=JOB_TIMEOUT_MS)
+    _settle(page)
+    _no_exception(page)
+    bits = _metric(page, "Bits per weight (planned layers)")
+    before, heat = bits.inner_text(), _chart_data(page)
+    assert heat[1]["name"] == "chosen" and len(heat[1]["x"]) == 42  # the plan circled on the atlas
+
+    slider = page.locator("[data-testid='stSlider']", has_text="average bits per weight").get_by_role("slider")
+    slider.focus()
+    slider.press("PageUp")  # a tenth of the range more: more layers get the wider option
+    page.wait_for_function(
+        "before => [...document.querySelectorAll('[data-testid=\"stMetric\"]')].some(m =>"
+        " m.innerText.includes('Bits per weight (planned layers)') && !m.innerText.includes(before))", arg=before)
+    _settle(page)
+    assert float(bits.inner_text()) > float(before)
+
+    page.get_by_role("button", name="Run this plan", exact=True).click()
+    page.get_by_text(re.compile(r"Finished in [\d.]+ s · result \S+")).wait_for(timeout=JOB_TIMEOUT_MS)
+    page.get_by_text("Planned runs: predicted and measured", exact=True).wait_for()
+    _settle(page)
+    _no_exception(page)
+    note = page.get_by_text(re.compile(r"^Predicted [\d.]+, measured [\d.]+")).inner_text()
+    guess, measured = (float(v) for v in re.match(r"Predicted ([\d.]+), measured ([\d.]+)", note).groups())
+    assert guess > 1 and measured > 1
+    runs = _chart_data(page, 1)[1]  # the planned runs: predicted (x) against measured (y)
+    assert runs["x"] == [pytest.approx(guess, abs=1e-3)] and runs["y"] == [pytest.approx(measured, abs=1e-3)]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "plan.png"), full_page=True)
+
+
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_renders_and_is_photographed(page, app_url, name) -> None:
     """Each page in a fresh session; its screenshot (after the job above, so Trade-offs has points) for the README."""
@@ -274,6 +334,9 @@ def test_every_page_renders_and_is_photographed(page, app_url, name) -> None:
     if name == "prune":  # show the live preview in the README's picture
         page.get_by_text("by threshold", exact=True).click()
         _metric(page, "Sparsity at this threshold").wait_for()
+        _settle(page)
+    if name == "sweep":  # show the sweep's front (below the form) in the README's picture
+        page.locator("[data-testid='stPlotlyChart']").first.scroll_into_view_if_needed()
         _settle(page)
     _no_exception(page)
     SHOTS.mkdir(parents=True, exist_ok=True)

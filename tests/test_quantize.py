@@ -371,7 +371,7 @@ def test_half_precision_casts_the_whole_model(tiny, method):
     [({"method": "rtn", "bits": 1}, "bits must be a whole number from 2 to 8"),
      ({"method": "rtn", "bits": 9}, "from 2 to 8"),
      ({"method": "rtn", "group_size": -4}, "group_size must be a positive"),
-     ({"method": "awq"}, "unknown quantization method"),
+     ({"method": "hqq"}, "unknown quantization method"),
      ({"method": "rtn", "kernel": "turbo"}, "unknown kernel"),
      ({"method": "gptq", "percdamp": 0}, "percdamp"),
      ({"method": "rtn", "overrides": [{"pattern": "*", "bitz": 3}]}, "unknown override key"),

@@ -107,18 +107,29 @@ def test_missing_model_raises_and_writes_no_row(text_file, tmp_path):
     assert store.list() == []
 
 
-def test_failure_after_start_leaves_one_failed_row(llama, tmp_path):
-    short = tmp_path / "short.txt"
-    short.write_text("def x", encoding="utf-8")
+def test_failure_after_start_leaves_one_failed_row(llama, text_file, tmp_path, monkeypatch):
+    def fails(*_args, **_kwargs):
+        raise TextSourceError("the text has 3 tokens but one window needs at least 16")
+
+    monkeypatch.setattr(pipeline, "measure", fails)  # a failure the checks before the run cannot see
     store = ResultStore(tmp_path / "results")
     with pytest.raises(TextSourceError):
-        pipeline.run(_recipe(llama, short), store)
+        pipeline.run(_recipe(llama, text_file), store)
     rows = store.list()
     assert len(rows) == 1
     assert rows[0].status == "failed"
     assert "TextSourceError" in rows[0].error
     assert "window" in rows[0].error
     assert rows[0].perplexity is None
+
+
+def test_a_text_too_short_for_one_window_is_refused_before_any_row(llama, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("def x", encoding="utf-8")
+    store = ResultStore(tmp_path / "results")
+    with pytest.raises(TextSourceError, match=r"short.txt' has \d+ tokens but one window needs at least 16"):
+        pipeline.run(_recipe(llama, short), store)
+    assert store.list() == []
 
 
 def test_missing_text_file_is_refused_before_any_row(llama, tmp_path):

@@ -262,11 +262,37 @@ def test_results_dir_comes_from_the_environment(tmp_path: Path,
 def test_startup_restores_an_artifact_a_crash_left_aside(tmp_path: Path) -> None:
     # A crash between "move the old artifact aside" and "move the new one in" leaves `.old-*`.
     artifacts = tmp_path / "artifacts"
-    (artifacts / ".old-20240101-000000-abcdef-999999999-00ff").mkdir(parents=True)
-    (artifacts / ".old-20240101-000000-abcdef-999999999-00ff" / "x").write_text("kept")
+    aside = artifacts / ".old-20240101-000000-abcdef-999999999-00ff00ff"
+    aside.mkdir(parents=True)
+    (aside / "x").write_text("kept")
+    (aside / ".squeezelab-scratch").write_text(aside.name)  # the store marks what it moves aside
     ResultStore(tmp_path)
     assert (artifacts / "20240101-000000-abcdef" / "x").read_text() == "kept"
     assert [p.name for p in artifacts.iterdir()] == ["20240101-000000-abcdef"]
+    assert not (artifacts / "20240101-000000-abcdef" / ".squeezelab-scratch").exists()
+
+
+def test_startup_touches_nothing_it_cannot_prove_it_made(tmp_path: Path) -> None:
+    """Entries under artifacts/ that look like scratch but lack the exact name, the marker or a dead owner stay."""
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir(parents=True)
+    decoys = {
+        ".tmp-notes": "a user's folder",
+        ".old-settings": "a user's folder named like a leftover",
+        ".tmp-20240101-000000-abcdef-999999999-00ff00ff": "the exact name but no marker",
+        ".old-20240101-000000-abcdef-999999999-aabbccdd": "the exact name, a marker that names another folder",
+    }
+    for name, text in decoys.items():
+        (artifacts / name).mkdir()
+        (artifacts / name / "kept.txt").write_text(text)
+    (artifacts / ".old-20240101-000000-abcdef-999999999-aabbccdd" / ".squeezelab-scratch").write_text(".tmp-other")
+    (artifacts / ".tmp-file-999999999-00ff00ff").write_text("a file, not a folder")
+    (artifacts / ".tmp-link-999999999-00ff00ff").symlink_to(artifacts / ".tmp-notes")
+    ResultStore(tmp_path)
+    for name, text in decoys.items():
+        assert (artifacts / name / "kept.txt").read_text() == text
+    assert (artifacts / ".tmp-file-999999999-00ff00ff").read_text() == "a file, not a folder"
+    assert (artifacts / ".tmp-link-999999999-00ff00ff").is_symlink()
 
 
 def test_a_version_1_database_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:

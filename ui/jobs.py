@@ -58,6 +58,9 @@ class Job:
     abort_requested: bool = False  # a second cancel: stop even the evaluation of what a cancelled step kept
     curve: list[dict] = field(default_factory=list)  # training records of a distill step, as they arrive
     page: str = ""  # the file of the page that started the job ("pages/prune.py"); its panel is drawn there
+    # work other than one recipe (a sweep, an atlas): task(on_progress, cancel, on_record) -> the id of the row
+    # to show, or None when the work keeps no row (its page shows what it made)
+    task: Callable[..., str | None] | None = None
 
     @property
     def elapsed_s(self) -> float:
@@ -100,13 +103,18 @@ class Worker:
         self._thread = threading.Thread(target=self._loop, name="squeezelab-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, recipe: Recipe, base: LoadedModel | None = None, label: str = "", page: str = "") -> str:
+    def submit(self, recipe: Recipe, base: LoadedModel | None = None, label: str = "", page: str = "",
+               task: Callable[..., str | None] | None = None) -> str:
         """Queue ``recipe``; ``base`` (the cached model of ``recipe.model``) saves loading it again;
-        ``page`` is the file of the page that started it (its panel is drawn there)."""
+        ``page`` is the file of the page that started it (its panel is drawn there).
+
+        ``task`` replaces the run of ``recipe`` by other work (a sweep of it, an atlas of its model):
+        ``task(on_progress, cancel, on_record)`` returns the id of the result row the job ends on (or None);
+        ``on_record(dict)`` adds to ``curve``."""
         if base is not None and base.source.ref != recipe.model:
             raise ValueError(f"base model {base.source.ref!r} is not the recipe's model {recipe.model!r}")
         job_id = f"{next(self._counter)}-{secrets.token_hex(3)}"
-        job = Job(job_id, recipe, label or describe_recipe(recipe), str(default_results_dir()), page=page)
+        job = Job(job_id, recipe, label or describe_recipe(recipe), str(default_results_dir()), page=page, task=task)
         with self._lock:
             self._jobs[job_id] = job
             self._cancel[job_id] = threading.Event()
@@ -204,9 +212,16 @@ class Worker:
                 job.curve.append(record)
 
         try:
-            store = _RecordingStore(job.results_dir, lambda run_id: self._update(job, result_id=run_id))
-            row = pipeline.run(job.recipe, store, base=base, on_progress=on_progress, cancel=cancel.is_set,
-                               on_step=on_step, abort=abort.is_set)
+            status = "done"
+            if job.task is not None:
+                result_id = job.task(on_progress, cancel.is_set, on_step)
+            else:
+                store = _RecordingStore(job.results_dir, lambda run_id: self._update(job, result_id=run_id))
+                row = pipeline.run(job.recipe, store, base=base, on_progress=on_progress, cancel=cancel.is_set,
+                                   on_step=on_step, abort=abort.is_set)
+                result_id = row.id
+                # a step that stopped gracefully on a cancel leaves a "cancelled" row with its metrics
+                status = "cancelled" if row.status == "cancelled" else "done"
         except CancelledError as error:
             self._update(job, status="cancelled", error=str(error), finished=time.time())
         except SqueezeLabError as error:  # bad input: the message says what to do
@@ -214,9 +229,8 @@ class Worker:
         except Exception as error:  # a bug or a library failure: the traceback goes to the server log
             log.exception("job %s failed", job.id)
             self._update(job, status="failed", error=describe(error), finished=time.time())
-        else:  # a step that stopped gracefully on a cancel leaves a "cancelled" row with its metrics
-            status = "cancelled" if row.status == "cancelled" else "done"
-            self._update(job, status=status, result_id=row.id, stage=status, fraction=1.0, finished=time.time())
+        else:
+            self._update(job, status=status, result_id=result_id, stage=status, fraction=1.0, finished=time.time())
 
 
 def describe_recipe(recipe: Recipe) -> str:
@@ -319,8 +333,8 @@ def _render_finished(job: Job) -> None:
         return
     row = _stored_row(job) if job.result_id else None
     measured = row is not None and row.perplexity is not None
-    if job.status == "done":
-        st.success(f"Finished in {job.elapsed_s:.1f} s · result {job.result_id}")
+    if job.status == "done":  # a task that keeps no row (an atlas) is shown by its page
+        st.success(f"Finished in {job.elapsed_s:.1f} s" + (f" · result {job.result_id}" if job.result_id else ""))
     elif measured:  # a step stopped gracefully on the cancel: what it kept was evaluated and stored
         st.warning(f"Cancelled after {job.elapsed_s:.0f} s: what the run had done was kept, evaluated and stored as "
                    f"result {row.id} (status cancelled).")

@@ -28,14 +28,16 @@ class HessianAccumulator:
     ``hessian`` [in, in] is ``2/N * X^T X`` over the N = ``hessian_tokens`` tokens folded into it
     (float32, kept as a running mean so it never grows with N); ``act_sq_sum`` [in] is the sum of
     squares of each input column over all ``tokens`` seen (Wanda's activation norms are its square
-    root). ``max_hessian_tokens`` caps N: X^T X costs as much as the layer's own forward, and a
-    caller that only reports errors from it does not need it over every token.
+    root); ``act_abs_sum`` [in] the sum of |x_j| (AWQ's activation scale is its mean).
+    ``max_hessian_tokens`` caps N: X^T X costs as much as the layer's own forward, and a caller that
+    only reports errors from it does not need it over every token.
     """
 
     def __init__(self, columns: int, device: torch.device | str | None = None,
                  max_hessian_tokens: int | None = None) -> None:
         self.hessian = torch.zeros(columns, columns, dtype=torch.float32, device=device)
         self.act_sq_sum = torch.zeros(columns, dtype=torch.float32, device=device)
+        self.act_abs_sum = torch.zeros(columns, dtype=torch.float32, device=device)
         self.tokens = 0
         self.hessian_tokens = 0
         self.max_hessian_tokens = max_hessian_tokens
@@ -46,6 +48,7 @@ class HessianAccumulator:
         if x.shape[0] == 0:
             return
         self.act_sq_sum += x.square().sum(dim=0)
+        self.act_abs_sum += x.abs().sum(dim=0)
         self.tokens += x.shape[0]
         if self.max_hessian_tokens is not None:
             x = x[: max(self.max_hessian_tokens - self.hessian_tokens, 0)]

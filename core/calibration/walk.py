@@ -32,6 +32,9 @@ from core.progress import CancelFn, ProgressFn, check_cancel, report
 
 T = TypeVar("T")
 SolveFn = Callable[[str, nn.Module, "HessianAccumulator | None"], T]
+# prepare(block index, the block's selected (name, layer) pairs, their statistics by name): called once a
+# block's statistics are gathered and before any of its layers is solved (AWQ folds its scales there)
+PrepareFn = Callable[[int, list, dict], None]
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ def sequential_walk(
     max_hessian_tokens: int | None = None,
     on_progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    prepare: PrepareFn | None = None,
 ) -> list[T]:
     """Call ``solve(name, layer, stats)`` on every selected linear layer of the decoder blocks, in order.
 
@@ -171,7 +175,8 @@ def sequential_walk(
     sequentially (see the module docstring), X^T X over at most ``max_hessian_tokens`` tokens (None:
     all); without calibration they are ``None`` and no forward runs.
     ``on_progress(stage + ": " + name, fraction)`` follows each layer; ``cancel()`` is asked before
-    each layer and raises ``CancelledError`` (the layers already solved stay changed).
+    each layer and raises ``CancelledError`` (the layers already solved stay changed). ``prepare`` (see
+    ``PrepareFn``) sees each block's statistics before its layers are solved.
     """
     blocks_name, blocks = decoder_blocks(model)
     plan = [list(linear_layers(block, include, exclude, prefix=f"{blocks_name}.{i}")) for i, block in enumerate(blocks)]
@@ -186,6 +191,8 @@ def sequential_walk(
         inputs = capture_block_inputs(model, calibration) if calibration is not None else []
         for index, block in enumerate(blocks[: last + 1]):
             stats = collect_statistics(block, plan[index], inputs, max_hessian_tokens) if inputs and plan[index] else {}
+            if prepare is not None and plan[index]:
+                prepare(index, plan[index], stats)
             for name, module in plan[index]:
                 check_cancel(cancel, f"stopped after {len(results)} of {total} layers; the model is partially "
                                      "compressed (callers work on a copy, which can be thrown away)")

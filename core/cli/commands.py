@@ -16,6 +16,7 @@ import yaml
 from core.calibration.spec import CalibrationSpec
 from core.cli.output import print_row, progress_printer
 from core.cli.parser import EXIT_OK
+from core.cli.plan import cmd_plan
 from core.errors import SpecError, SqueezeLabError
 from core.evaluate.spec import EvalSpec
 from core.export.spec import ExportSpec
@@ -140,6 +141,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``squeezelab sweep FILE``: run (or resume) a sweep and print its front and best trial."""
+    from core.cli import sweep_output
+    from core.sweep import load_sweep, run_sweep, sweep_cost
+
+    spec = load_sweep(args.file)
+    store = ResultStore(args.results_dir)
+    if not args.json:
+        sweep_output.print_plan(spec, sweep_cost(spec, store, args.max_trials), args.backend)
+    report = run_sweep(spec, store, backend=args.backend, ray_address=args.ray_address, max_trials=args.max_trials,
+                       max_minutes=args.max_minutes, on_trial=sweep_output.trial_printer(not args.json))
+    sweep_output.print_report(report, args.json)
+    return EXIT_OK
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     store = ResultStore(args.results_dir, read_only=True)  # listing writes nothing: no folder, schema or reaping
     if args.csv:
@@ -171,5 +187,6 @@ def cmd_build_samples(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "eval": cmd_eval, **{kind: step_command(kind) for kind in STEPS}, "run": cmd_run, "export": cmd_export,
-    "generate": cmd_generate, "history": cmd_history, "app": cmd_app, "build-samples": cmd_build_samples,
+    "generate": cmd_generate, "sweep": cmd_sweep, "history": cmd_history, "app": cmd_app,
+    "build-samples": cmd_build_samples, "plan": cmd_plan,
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core.cli.plan import add_plan_parser
 from core.export.spec import DTYPES as EXPORT_DTYPES
 from core.export.spec import FORMATS, GGUF_TYPES
 from core.recipe.steps import STEPS
@@ -106,6 +107,18 @@ def _add_generate_parser(commands) -> None:  # noqa: ANN001
     _add_common(gen)
 
 
+def _add_sweep_parser(commands) -> None:  # noqa: ANN001
+    sw = commands.add_parser("sweep", help="run a grid or an Optuna search over recipe fields (resumable)")
+    sw.add_argument("file", type=Path, help="a sweep file (YAML or JSON): sweep, base, grid or search, constraint")
+    sw.add_argument("--backend", choices=["local", "ray"], default="local",
+                    help="local: trials one after another in this process; ray: Ray tasks (pip install -e \".[ray]\")")
+    sw.add_argument("--ray-address", default=None,
+                    help="auto | HOST:PORT: join that Ray cluster (default: start one on this machine, 127.0.0.1 only)")
+    sw.add_argument("--max-trials", type=int, default=None, help="start at most N trials now (the next run goes on)")
+    sw.add_argument("--max-minutes", type=float, default=None, help="start no trial after M minutes")
+    _add_common(sw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="squeezelab", description="Compress causal language models and measure what it costs.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -125,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_export_parser(commands)
     _add_generate_parser(commands)
+    _add_sweep_parser(commands)
+    add_plan_parser(commands, MODEL_HELP)
 
     hist = commands.add_parser("history", help="list stored results")
     hist.add_argument("--csv", action="store_true", help="print CSV with the result-row columns")

@@ -15,13 +15,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from core import data
 from core.checks import checked_params, is_count, is_number, require
 
+if TYPE_CHECKING:
+    from core.models.device import ModelDims
+
 BUILT_IN_STUDENTS = ("self", "layer_drop", "width")
 
 HOLDOUT = "holdout"  # evaluate on the tail of the training text, kept out of training
+
+# Every step keeps a record (losses, learning rate, gradient norm, speed) in memory while training (about 480
+# bytes) and in the result row's details (about 220 bytes of JSON; SQLite holds at most 1 GB in one value).
+STEP_RECORD_BYTES = 700
+MAX_STEPS = 1_000_000
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes at most a 64-bit seed
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,11 @@ class DistillSpec:
 
     def _check_schedule(self) -> None:
         require(is_count(self.steps, 1), f"steps must be a whole number >= 1 (optimizer steps), got {self.steps!r}")
+        require(self.steps <= MAX_STEPS,
+                f"steps={self.steps:,} is more than {MAX_STEPS:,}: every step keeps a record of about "
+                f"{STEP_RECORD_BYTES} bytes in memory and in the result row "
+                f"(≈ {self.steps * STEP_RECORD_BYTES / 1e9:,.1f} GB here); use at most {MAX_STEPS:,} steps, "
+                "and max_minutes to stop on time")
         require(is_number(self.lr) and 0 < self.lr < 1,
                 f"lr must be a number in (0, 1), e.g. 1e-4; got {self.lr!r}")
         if self.warmup_steps is None:
@@ -130,6 +145,7 @@ class DistillSpec:
         for name, minimum in (("batch_size", 1), ("seqlen", 2), ("grad_accum", 1), ("eval_windows", 1), ("seed", 0)):
             value = getattr(self, name)
             require(is_count(value, minimum), f"{name} must be a whole number >= {minimum}, got {value!r}")
+        require(self.seed <= MAX_SEED, f"seed must be at most 2^64 - 1, got {self.seed!r}")
         for name in ("text", "eval_text"):
             value = getattr(self, name)
             require(isinstance(value, str) and bool(value.strip()), f"{name} must be a text source, got {value!r}")
@@ -160,3 +176,25 @@ class DistillSpec:
         elif student == "width":
             student += f" -{self.width_fraction:.0%} MLP"
         return f"distill {student} T={self.temperature:g} a={self.alpha:g} {self.steps} steps"
+
+
+def training_bytes_per_window(seqlen: int, student: ModelDims, teacher: ModelDims, hidden_states: bool) -> int:
+    """Bytes one training window of ``seqlen`` tokens adds to a step (a conservative estimate).
+
+    The student's activations kept for the backward pass (per block and token about ten hidden-sized and four
+    inner-width values, plus the [heads, seqlen, seqlen] attention scores), its fp32 logits with the softened
+    distributions and their gradients (about six [seqlen, vocab] tensors), the teacher's forward (nothing kept)
+    and, with a hidden-state term, every block output of both models.
+    """
+    s = student
+    kept = s.layers * seqlen * (10 * s.hidden + 4 * s.widest + s.heads * seqlen) * s.element_bytes
+    logits = 6 * seqlen * s.vocab * 4
+    teacher_forward = seqlen * (4 * teacher.widest + teacher.heads * seqlen) * teacher.element_bytes
+    hidden = 4 * seqlen * ((s.layers + 1) * s.hidden + (teacher.layers + 1) * teacher.hidden) if hidden_states else 0
+    return kept + logits + teacher_forward + hidden
+
+
+def training_fixed_bytes(student: ModelDims) -> int:
+    """Bytes training needs whatever the batch: fp32 gradients, AdamW's two moments and the best checkpoint's copy
+    of the student's weights."""
+    return student.params * 4 * 4

@@ -8,8 +8,16 @@ In a recipe::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from core.checks import is_count, require
+
+if TYPE_CHECKING:
+    from core.models.device import ModelDims
+
+# The row reports the median and spread of the runs; they settle within a few dozen, so more only holds
+# the machine (each run is a whole prefill and generation).
+MAX_LATENCY_RUNS = 1000
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,9 @@ class EvalSpec:
             value = getattr(self, name)
             require(is_count(value, 1),
                     f"evaluation.{name} must be a whole number >= 1, got {value!r}")
+        require(self.latency_runs <= MAX_LATENCY_RUNS,
+                f"evaluation.latency_runs={self.latency_runs:,} is more than {MAX_LATENCY_RUNS}: speed is reported as "
+                f"the median and spread of the runs, which settle within a few dozen; use at most {MAX_LATENCY_RUNS}")
 
     def resolved_seqlen(self, context_length: int) -> int:
         """The window length to use for a model with ``context_length`` positions."""
@@ -52,3 +63,19 @@ class EvalSpec:
                 f"evaluation.seqlen={self.seqlen} is longer than the model's context ({context_length} tokens); "
                 f"use at most {context_length}")
         return self.seqlen
+
+
+def scoring_bytes(seqlen: int, dims: ModelDims, compare: bool, batch: int = 1) -> int:
+    """Peak working bytes of scoring ``batch`` windows (``core.evaluate.quality``): the model's forward (a block's
+    widest activations and attention scores) and its fp32 logits [seqlen, vocab] with their log-softmax; with a
+    base model to compare with, its logits too and the KL terms (about eight logits-sized tensors in all)."""
+    logits = seqlen * dims.vocab * 4 * (8 if compare else 3)
+    forward = seqlen * (4 * dims.widest + dims.heads * seqlen) * dims.element_bytes
+    return batch * (logits + forward)
+
+
+def decode_bytes(tokens: int, dims: ModelDims) -> int:
+    """Working bytes of timing a prompt plus generation of ``tokens`` in all: the KV cache (keys and values of
+    every block, at most one per head) and the prefill's forward."""
+    cache = 2 * dims.layers * dims.heads * dims.head_dim * tokens * dims.element_bytes
+    return cache + tokens * (4 * dims.widest + dims.heads * tokens + dims.vocab) * dims.element_bytes

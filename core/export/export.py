@@ -8,17 +8,17 @@ Formats (``ExportSpec.format``):
 * ``compressed-tensors`` - llm-compressor's format, loaded by transformers and vLLM (``core.export.ct``).
 * ``gguf``               - one ``.gguf`` file for llama.cpp / ollama, Llama-family models (``core.export.gguf``).
 
-Every export is written into a hidden scratch folder beside the target, reloaded from there the way a user
-would load it, re-evaluated on a few windows and compared with the model in memory; only then is it renamed
-into place (and zipped, when asked). A failure or a cancel removes the scratch folder and any partial zip;
-scratch left by a killed process is removed by the next export into the same folder (``remove_abandoned``).
+Every export is written into a hidden, marked scratch folder beside the target, reloaded from there the way a
+user would load it, re-evaluated on a few windows and compared with the model in memory; only then is it moved
+into place (with its zip, when asked), all or nothing. A failure or a cancel removes the scratch folders and any
+partial zip; scratch left by a killed process is removed by the next export into the same folder, and only scratch
+SqueezeLab can prove it made (``core.export.files``).
 Besides the weights, the folder holds ``squeezelab.json`` and a model card ``README.md`` (``core.export.card``).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -35,11 +35,15 @@ from core.export.files import (
     check_free_space,
     check_target,
     folder_bytes,
+    make_parents,
+    make_scratch,
     move_into_place,
     os_error,
+    release_scratch,
     remove_abandoned,
-    scratch_path,
+    remove_empty,
     zip_folder,
+    zip_target,
 )
 from core.export.gguf import plan, write_gguf
 from core.export.gguf_vocab import vocab_for
@@ -104,51 +108,83 @@ def export_model(
     on_progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     perplexity_before: float | None = None,
+    record_path: str | Path | None = None,
 ) -> ExportResult:
     """Write ``model`` as ``spec`` says to ``out`` (default ``spec.path``), reload it, check it, move it into place.
 
     ``windows`` [n, seqlen] are evaluation windows (the first ``spec.check_windows`` are scored);
     ``recipe`` and ``metrics`` (a result row's fields) go into ``squeezelab.json`` and the model card.
     ``perplexity_before``: the model's perplexity on all of ``windows`` if the caller just measured it,
-    so the check does not score the same windows twice.
+    so the check does not score the same windows twice. ``record_path``: where the artifact will finally
+    live when the caller moves ``out`` on afterwards (the result store does); recorded instead of ``out``.
     Raises SpecError (the model cannot be written in this format) or ExportError (the path) with nothing
     left behind; the model is not changed.
     """
     target, needed = _checked_target(model, tokenizer, spec, out)
-    scratch, zip_scratch = scratch_path(target), scratch_path(target, ".zip")
-    zip_path = target.with_name(target.name + ".zip") if spec.zip else None
-    placed = False
+    final = Path(record_path).expanduser() if record_path is not None else target
+    made, scratches = [], []
     try:
-        scratch.mkdir()
-        result = _write_and_check(model, tokenizer, spec, windows, scratch, target, check_text, on_progress, cancel,
+        made = make_parents(target)
+        scratches.append(make_scratch(target, "write"))
+        content = scratches[0] / target.name
+        content.mkdir()
+        result = _write_and_check(model, tokenizer, spec, windows, content, final, check_text, on_progress, cancel,
                                   perplexity_before)
-        result.zip_path = str(zip_path) if zip_path else None
-        write_metadata(scratch, result.as_dict(), recipe, metrics)
-        result.size_bytes = folder_bytes(scratch)
-        if zip_path is not None:
-            report(on_progress, "export: zip", 0.0)
-            result.zip_bytes = zip_folder(scratch, zip_scratch, target.name)
-        move_into_place(scratch, target, spec.overwrite)
-        placed = True
-        if zip_path is not None:
-            os.replace(zip_scratch, zip_path)
+        result.zip_path = str(zip_target(final)) if spec.zip else None
+        result.size_bytes = write_records(content, result, recipe, metrics)
+        zip_file = _zip(content, target, result, scratches, on_progress) if spec.zip else None
+        move_into_place(content, target, zip_file, spec.overwrite)
         report(on_progress, "export: done", 1.0)
         return result
     except OSError as exc:
-        _clean(scratch, zip_scratch, target if placed else None)
         raise os_error(exc, target, needed) from exc
-    except BaseException:
-        _clean(scratch, zip_scratch, target if placed else None)
-        raise
+    finally:
+        for folder in scratches:
+            release_scratch(folder)
+        if not os.path.lexists(target):
+            remove_empty(made)
+
+
+def _zip(content: Path, target: Path, result: ExportResult, scratches: list[Path],
+         on_progress: ProgressFn | None) -> Path:
+    """Zip ``content`` into a marked scratch folder of its own (added to ``scratches``); returns the zip file."""
+    report(on_progress, "export: zip", 0.0)
+    scratches.append(make_scratch(target, "zip"))
+    zip_file = scratches[-1] / zip_target(target).name
+    result.zip_bytes = zip_folder(content, zip_file, target.name)
+    return zip_file
+
+
+def write_records(folder: Path, result: ExportResult, recipe: dict | None, metrics: dict | None) -> int:
+    """Write ``squeezelab.json`` and the card with the folder's real size, which includes them; returns that size.
+
+    The size is written into the very file it counts, so it is settled by rewriting until it no longer changes
+    (twice or three times: only the number of its digits can move it). The zip's size cannot be recorded in a
+    file the zip holds, so ``zip_bytes`` stays empty there (the result row has it).
+    """
+    for _ in range(8):
+        write_metadata(folder, {**result.as_dict(), "zip_bytes": None}, recipe, metrics)
+        size = folder_bytes(folder)
+        if size == result.size_bytes:
+            return size
+        result.size_bytes = size
+    raise RuntimeError(f"the size of {folder} kept changing while its record was written")
+
+
+def space_needed(weight_bytes: int, zip: bool) -> int:
+    """Disk bytes an export of weights this size may take: the files (metadata, tokenizer: 20 MB at most beside
+    10% for headers and padding), and the zip written beside them."""
+    return int(weight_bytes * (2.1 if zip else 1.1)) + 20_000_000
 
 
 def _checked_target(model: nn.Module, tokenizer, spec: ExportSpec, out: str | Path | None) -> tuple[Path, int]:
     """(the folder to create, the bytes it may need) after every check that can fail before writing."""
     target = Path(out if out is not None else spec.path or "").expanduser()
     require(str(target) not in ("", "."), "an export needs a path: `export: {format: hf, path: out/model}`")
+    target = Path(os.path.abspath(target))
     precheck(model, tokenizer, spec)
-    check_target(target, spec.overwrite)
-    needed = int(measure_size(model).size_bytes * (2.1 if spec.zip else 1.1)) + 20_000_000
+    check_target(target, spec.overwrite, spec.zip)
+    needed = space_needed(measure_size(model).size_bytes, spec.zip)
     check_free_space(target, needed)
     remove_abandoned(target.parent)
     return target, needed
@@ -171,11 +207,3 @@ def _write_and_check(model: nn.Module, tokenizer, spec: ExportSpec, windows: tor
         promised_bytes=written.promised_bytes, tolerance=spec.tolerance, export_s=export_s, lossy=written.lossy,
         dtype=str(_export_dtype(spec, model)).replace("torch.", "") if spec.format != "gguf" else None,
         notes=written.notes, **check)
-
-
-def _clean(scratch: Path, zip_scratch: Path, placed: Path | None) -> None:
-    """All or nothing: remove the scratch folder, a partial zip, and a folder already moved in for a zip that failed."""
-    shutil.rmtree(scratch, ignore_errors=True)
-    zip_scratch.unlink(missing_ok=True)
-    if placed is not None:
-        shutil.rmtree(placed, ignore_errors=True)

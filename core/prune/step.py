@@ -71,6 +71,8 @@ class PruneStep:
         parser.add_argument("--include", nargs="*", default=None, help="module name patterns to prune (default: all)")
         parser.add_argument("--exclude", nargs="*", default=None, help="module name patterns to keep dense")
         parser.add_argument("--recovery-steps", type=int, default=0, help="masked fine-tuning steps afterwards")
+        parser.add_argument("--owl", action="store_true",
+                            help="wanda / sparsegpt: per-block sparsity from outlier shares (OWL, lambda 0.08, m 5)")
 
     @staticmethod
     def params_from_cli(args: argparse.Namespace) -> dict[str, Any]:
@@ -79,7 +81,8 @@ class PruneStep:
             params = {"method": "structured", "target": args.target, "fraction": args.fraction}
         else:
             params = {"method": args.method, "sparsity": args.sparsity, "threshold": args.threshold,
-                      "pattern": args.pattern, "scope": args.scope, "include": args.include, "exclude": args.exclude}
+                      "pattern": args.pattern, "scope": args.scope, "include": args.include, "exclude": args.exclude,
+                      "owl": {} if args.owl else None}
         params["recovery_steps"] = args.recovery_steps
         defaults = {"pattern": "unstructured", "scope": "per-matrix", "recovery_steps": 0}
         return {key: value for key, value in params.items() if value is not None and defaults.get(key) != value}

@@ -22,8 +22,10 @@ from core.calibration.hessian import HessianAccumulator, reconstruction_error
 from core.calibration.walk import check_calibration, sequential_walk
 from core.checks import require
 from core.errors import SpecError
-from core.layers import block_linear_layers, is_linear, weight_matrix
+from core.layers import block_linear_layers, decoder_blocks, is_linear, weight_matrix
 from core.progress import CancelFn, ProgressFn
+from core.quantize.awq import fold_block_
+from core.quantize.fold import block_groups
 from core.quantize.gptq import gptq_quantize
 from core.quantize.kernel_choice import choose_kernels
 from core.quantize.qembedding import embeddings_tied, tie_quantized_embedding_
@@ -89,6 +91,33 @@ def plan_layers(model: nn.Module, spec: QuantizeSpec) -> list[tuple[str, nn.Modu
     return plan
 
 
+def quantize_planned_(model: nn.Module, spec: QuantizeSpec) -> None:
+    """Check ``spec`` against ``model`` as ``quantize_`` does, then swap in empty ``QuantLinear`` layers.
+
+    Meant for a model on the meta device (built from its config, no weights): the result has the layer
+    shapes, schemes and tied embedding a real run gives, so the checks that come after it (a later step,
+    an export format) run before any weights are loaded. Nothing is read or computed.
+    """
+    if spec.method in CAST_DTYPES:
+        model.to(CAST_DTYPES[spec.method])
+        return
+    plan = plan_layers(model, spec)
+    reason = unsupported_reason(model) if spec.smooth is not None and spec.smooth_alpha > 0 else None
+    if reason:
+        raise SpecError(f"smooth={spec.smooth_alpha} cannot be applied: {reason}; set smooth: 0 to quantize without it")
+    if spec.method == "awq":
+        _awq_folder(model, spec, {})  # refuses a model its scales cannot fold into, as the run would
+    tied = spec.lm_head and embeddings_tied(model)
+    for name, layer, scheme in plan:
+        out_features, in_features = weight_matrix(layer).shape
+        weight = layer.weight
+        model.set_submodule(name, QuantLinear(in_features, out_features, scheme, getattr(layer, "bias", None)
+                                              is not None, weight.dtype, weight.device))
+    head = model.get_output_embeddings() if tied else None
+    if isinstance(head, QuantLinear):
+        tie_quantized_embedding_(model, head)
+
+
 def _module_name(model: nn.Module, target: nn.Module) -> str:
     return next(name for name, module in model.named_modules() if module is target)
 
@@ -146,9 +175,11 @@ def quantize_(
     if spec.method in CAST_DTYPES:
         return _cast(model, spec, started)
     plan = plan_layers(model, spec)
-    if spec.uses_gptq and calibration is None:
-        raise SpecError("gptq needs calibration text: token ids [samples, seqlen] whose activations give the "
-                        "Hessian (a recipe's calibration: section); or use method rtn, which needs none")
+    require(spec.budget is None, "a quantize budget is planned before the run (core.recipe.budget, `squeezelab "
+                                 "plan`); quantize_ takes the planned spec, with its overrides")
+    if (spec.uses_gptq or spec.method == "awq") and calibration is None:
+        raise SpecError(f"{spec.method} needs calibration text: token ids [samples, seqlen] whose activations give "
+                        "the Hessian (a recipe's calibration: section); or use method rtn, which needs none")
     calibration = check_calibration(calibration) if calibration is not None else None
     notes = _smooth_activations(model, spec, calibration, cancel)  # weights change, layers stay the same
     schemes = {name: scheme for name, _, scheme in plan}
@@ -156,8 +187,11 @@ def quantize_(
     solve = partial(_quantize_layer, spec, schemes, done)
     block_names = {name for name, _ in block_linear_layers(model)}
     patterns = tuple(name for name in schemes if name in block_names)
-    reports = sequential_walk(model, calibration if spec.uses_gptq else None, solve, patterns,
-                              stage=f"quantize ({spec.method})", on_progress=on_progress, cancel=cancel)
+    awq = _awq_folder(model, spec, schemes) if spec.method == "awq" else None
+    reports = sequential_walk(model, calibration if spec.uses_gptq or awq else None, solve, patterns,
+                              stage=f"quantize ({spec.method})", on_progress=on_progress, cancel=cancel, prepare=awq)
+    if awq is not None:
+        notes.append(awq.summary())
     for name, layer, _ in plan:
         if name not in block_names:  # lm_head: outside the blocks, always RTN
             reports.append(solve(name, layer, None))
@@ -190,6 +224,34 @@ def _smooth_activations(model: nn.Module, spec: QuantizeSpec, calibration: torch
     return [f"SmoothQuant alpha {alpha}: {report.layers} layers, worst channel range / median "
             f"{report.max_ratio_before:.0f}x -> {report.max_ratio_after:.0f}x "
             f"(ranges from {min(len(calibration), SMOOTH_WINDOWS)} calibration windows)"]
+
+
+class _AwqFolder:
+    """The walk's ``prepare``: AWQ scales searched and folded for each block before its layers are rounded."""
+
+    def __init__(self, model: nn.Module, spec: QuantizeSpec, schemes: dict[str, QuantScheme]) -> None:
+        self.blocks, self.schemes, self.grid = decoder_blocks(model)[1], schemes, spec.awq_grid
+        self.searches: list = []
+
+    def __call__(self, index: int, layers: list, stats: dict) -> None:
+        names = {id(module): name for name, module in layers}
+        self.searches += fold_block_(block_groups(self.blocks[index]), lambda r: stats.get(names.get(id(r))),
+                                     lambda r: self.schemes.get(names.get(id(r))), self.grid)
+
+    def summary(self) -> str:
+        scaled = [s for s in self.searches if s.ratio is not None]
+        gain = sum(s.error for s in self.searches) / max(sum(s.unscaled_error for s in self.searches), 1e-30)
+        return (f"AWQ: scales folded into {len(scaled)} of {len(self.searches)} groups of layers (ratios "
+                f"{', '.join(sorted({f'{s.ratio:g}' for s in scaled})) or 'none'}); rounding error on the "
+                f"calibration inputs {gain:.1%} of what unscaled rounding gives")
+
+
+def _awq_folder(model: nn.Module, spec: QuantizeSpec, schemes: dict[str, QuantScheme]) -> _AwqFolder:
+    reason = unsupported_reason(model)
+    if reason:
+        raise SpecError(f"awq folds its scales into Llama-style blocks, and this model has {reason}; "
+                        "use method gptq or rtn")
+    return _AwqFolder(model, spec, schemes)
 
 
 def _kernel_of(model: nn.Module, name: str) -> str:

@@ -2,6 +2,8 @@
 
 * rtn          - round to nearest with min-max scales (per channel or per group); no data.
 * gptq         - Frantar et al. 2022: quantize column by column and compensate with H^-1.
+* awq          - Lin et al. 2023: activation-aware scales searched per group of layers and folded into
+                 the preceding norm or linear, exactly; then RTN (or GPTQ with ``rounding: gptq``).
 * int8_dynamic - 8-bit symmetric per-channel weights (codes within +-64 on the CPU, +-127 on CUDA; see
                  ``QuantizeSpec.scheme_on``), stored as int8, and int8
                  activations quantized per token at run time, on an integer matmul kernel (weights
@@ -9,7 +11,9 @@
 * fp16 / bf16  - the whole model cast to half precision (the simplest baseline).
 
 Mixed precision: ``overrides`` give bits / group size / symmetry per layer-name pattern, or
-``skip: true`` to keep a layer as it is; the first matching override wins.
+``skip: true`` to keep a layer as it is; the first matching override wins. A ``budget`` (rtn, gptq,
+awq) lets the planner (``core.plan``) write those overrides before the run; ``planned`` then records
+what it predicted (informational: a recipe with ``planned`` and no ``budget`` runs without planning).
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from core.checks import check_keys, checked_params, name_patterns, require, require_mapping
+from core.checks import check_keys, checked_params, is_count, name_patterns, require, require_mapping
+from core.plan.menu import QUANT_METHODS, parse_budget
 from core.quantize.kernels import FBGEMM_SAFE_RADIUS, KERNELS
 from core.quantize.scheme import QuantScheme
 
-METHODS = ("rtn", "gptq", "int8_dynamic", "fp16", "bf16")
+METHODS = ("rtn", "gptq", "awq", "int8_dynamic", "fp16", "bf16")
 CAST_METHODS = ("fp16", "bf16")
 SMOOTH_DEFAULT_ALPHA = 0.5
 _OVERRIDE_KEYS = ("pattern", "bits", "group_size", "symmetric", "skip")
@@ -91,13 +96,17 @@ class QuantizeSpec:
     percdamp: float = 0.01  # gptq: damping, as a fraction of mean(diag(H))
     kernel: str = "auto"  # auto | dequant | int8_weight_only | int4_weight_only | int8_dynamic
     lm_head: bool = False  # also quantize the output projection (RTN); a tied input embedding follows it
-    rounding: str = "rtn"  # int8_dynamic only: how its int8 weights are rounded (rtn | gptq)
+    rounding: str = "rtn"  # int8_dynamic and awq: how the weights are rounded (rtn | gptq)
+    awq_grid: int = 20  # awq: ratios tried per group of layers
     # int8_dynamic only: SmoothQuant migration strength alpha (0 = off); None = 0.5 when there is
     # calibration text, off (with a note) when there is none
     smooth: float | None = None
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     overrides: tuple[Override, ...] = field(default_factory=tuple)
+    # the planner's input (avg_bits | size_mb | max_ppl and the menu, see core.plan.menu), and its output
+    budget: dict | None = None
+    planned: dict | None = None
 
     def __post_init__(self) -> None:
         require(self.method in METHODS, f"unknown quantization method {self.method!r}; choose one of "
@@ -124,6 +133,15 @@ class QuantizeSpec:
         object.__setattr__(self, "overrides", overrides)
         for override in overrides:
             override.scheme(self.scheme)
+        require(is_count(self.awq_grid, 1), f"awq_grid must be a whole number >= 1, got {self.awq_grid!r}")
+        if self.budget is not None:
+            require(self.method in QUANT_METHODS and not self.overrides,
+                    f"a quantize budget plans methods {', '.join(QUANT_METHODS)} and writes the overrides itself; "
+                    f"got method {self.method!r} with {len(self.overrides)} overrides")
+            require(not self.lm_head, "a quantize budget plans the decoder blocks' linear layers; lm_head: true would "
+                                      "round the output projection outside the plan and its size; leave it off")
+            parse_budget(self.budget, "quantize", self.method, self.group_size, self.symmetric)
+        require(self.planned is None or isinstance(self.planned, dict), "planned must be a mapping (the planner's)")
 
     @property
     def scheme(self) -> QuantScheme:
@@ -144,7 +162,7 @@ class QuantizeSpec:
 
     @property
     def uses_gptq(self) -> bool:
-        return self.method == "gptq" or (self.method == "int8_dynamic" and self.rounding == "gptq")
+        return self.method == "gptq" or (self.method in ("int8_dynamic", "awq") and self.rounding == "gptq")
 
     @property
     def smooth_alpha(self) -> float:
@@ -155,7 +173,7 @@ class QuantizeSpec:
 
     @property
     def uses_calibration(self) -> bool:
-        return self.uses_gptq or self.smooth_alpha > 0
+        return self.uses_gptq or self.smooth_alpha > 0 or self.method == "awq" or self.budget is not None
 
     @property
     def needs_calibration(self) -> bool:
@@ -172,10 +190,19 @@ class QuantizeSpec:
         if self.method == "int8_dynamic":
             core = "int8 dynamic (w8a8 per-token)" + (" gptq" if self.rounding == "gptq" else "")
             core += f" smooth {self.smooth_alpha:g}" if self.smooth_alpha else " no smoothing"
+        elif self.budget is not None:
+            core = f"{self.method} plan {parse_budget(self.budget, 'quantize', self.method)[0].label()}"
+        elif self.planned:  # the overrides are the plan's: its budget and atlas name them, shorter
+            core = f"{self._method_label} planned {self.planned.get('budget_label', '')}".rstrip()
+            core += f" (atlas {self.planned['atlas']})" if self.planned.get("atlas") else ""
         else:
             group = f"g{self.group_size}" if self.group_size else "per-channel"
-            core = f"{self.method} w{self.bits} {group} {'sym' if self.symmetric else 'asym'}"
+            core = f"{self._method_label} w{self.bits} {group} {'sym' if self.symmetric else 'asym'}"
         return " ".join([core, *self._label_extras()])
+
+    @property
+    def _method_label(self) -> str:
+        return f"awq+{self.rounding}" if self.method == "awq" else self.method
 
     def _label_extras(self) -> list[str]:
         """The settings a label names besides method and scheme, each only when it is not the default."""
@@ -186,10 +213,12 @@ class QuantizeSpec:
         for name in ("kernel", "blocksize", "percdamp"):
             if getattr(self, name) != getattr(default, name) and (name == "kernel" or self.uses_gptq):
                 extras.append(f"{name} {getattr(self, name)}")
+        if self.method == "awq" and self.awq_grid != default.awq_grid:
+            extras.append(f"awq_grid {self.awq_grid}")
         for name in ("include", "exclude"):
             if getattr(self, name) != getattr(default, name):
                 extras.append(f"{name} {','.join(getattr(self, name))}")
-        if self.overrides:
+        if self.overrides and not self.planned:
             extras.append("overrides [" + "; ".join(_override_label(o) for o in self.overrides) + "]")
         return extras
 

@@ -36,6 +36,8 @@ class QuantizeStep(QuantizeSpec):
                             help="gptq: columns by decreasing Hessian diagonal (default: on)")
         parser.add_argument("--kernel", default="auto", help=f"auto | {' | '.join(KERNELS)}")
         parser.add_argument("--lm-head", action="store_true", help="also quantize lm_head (RTN)")
+        parser.add_argument("--rounding", choices=["rtn", "gptq"], default="rtn",
+                            help="awq and int8_dynamic: how the weights are rounded")
         parser.add_argument("--include", nargs="*", default=None,
                             help="module name patterns to quantize (default: all)")
         parser.add_argument("--exclude", nargs="*", default=None, help="module name patterns to keep as they are")
@@ -45,8 +47,10 @@ class QuantizeStep(QuantizeSpec):
         """The recipe's ``quantize:`` mapping for the given options (only what differs from the defaults)."""
         params = {"method": args.method, "bits": args.bits, "group_size": args.group_size or None,
                   "symmetric": not args.asymmetric, "act_order": args.act_order, "kernel": args.kernel,
-                  "lm_head": args.lm_head, "include": args.include, "exclude": args.exclude}
-        defaults = {"group_size": None, "symmetric": True, "act_order": True, "kernel": "auto", "lm_head": False}
+                  "lm_head": args.lm_head, "include": args.include, "exclude": args.exclude,
+                  "rounding": args.rounding}
+        defaults = {"group_size": None, "symmetric": True, "act_order": True, "kernel": "auto", "lm_head": False,
+                    "rounding": "rtn"}
         return {key: value for key, value in params.items()
                 if value is not None and (key not in defaults or defaults[key] != value)}
 

@@ -26,6 +26,8 @@ from core.models.loading import clone, load
 from core.models.source import LoadedModel, resolve
 from core.progress import CancelFn, ProgressFn, report
 from core.quantize.qlinear import QuantLinear
+from core.recipe import preflight
+from core.recipe.budget import needs_planning, resolve_budgets
 from core.recipe.recipe import Recipe
 from core.recipe.texts import text_notes
 from core.store import ResultRow, ResultStore
@@ -68,6 +70,19 @@ def apply_steps(recipe: Recipe, model: torch.nn.Module, context: StepContext) ->
     return model, reports
 
 
+def check_before_start(recipe: Recipe, base: LoadedModel | None = None) -> ExportSpec | None:
+    """Everything that can be checked without loading weights, before any row is written; the export spec."""
+    resolve(recipe.model)
+    pick_dtype(pick_device(recipe.device), recipe.dtype)
+    data.check_source(recipe.evaluation.text)
+    data.check_source(recipe.calibration.text)
+    export_spec = ExportSpec.from_dict(recipe.export) if recipe.export else None
+    if export_spec is not None and export_spec.path:
+        check_target(Path(export_spec.path), export_spec.overwrite)
+    preflight.check(recipe, base)  # the model's config, its steps on shapes, every count: before any load or row
+    return export_spec
+
+
 def run(
     recipe: Recipe,
     store: ResultStore,
@@ -76,6 +91,8 @@ def run(
     cancel: CancelFn | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
     abort: CancelFn | None = None,
+    sweep: str | None = None,
+    sweep_params: str | None = None,
 ) -> ResultRow:
     """Run a recipe end to end, record it in ``store`` and return its result row.
 
@@ -85,17 +102,16 @@ def run(
     ``cancel()`` stops the run with ``CancelledError`` (a cancelled row, no metrics), unless a step stops
     gracefully (distillation, a recovery fine-tune): then later steps are skipped, the model is evaluated as
     it stands (``abort()``, a second cancel, may stop that too), not exported, and stored as "cancelled".
+    ``sweep`` / ``sweep_params`` (JSON text) tag the row as a trial of a sweep (``core.sweep``).
     """
-    # What can be checked without loading fails before any row is written.
-    resolve(recipe.model)
-    pick_dtype(pick_device(recipe.device), recipe.dtype)
-    data.check_source(recipe.evaluation.text)
-    data.check_source(recipe.calibration.text)
-    export_spec = ExportSpec.from_dict(recipe.export) if recipe.export else None
-    if export_spec is not None and export_spec.path:
-        check_target(Path(export_spec.path), export_spec.overwrite)
+    export_spec = check_before_start(recipe, base)
     started = time.perf_counter()
-    with store.run(recipe.model, recipe.to_yaml(), device=recipe.device) as run_id:
+    if needs_planning(recipe):  # the row records the planned recipe, which reruns without planning
+        base = base or load(recipe.model, device=recipe.device, dtype=recipe.dtype, **recipe.load_options)
+        recipe = resolve_budgets(recipe, base, step_context(recipe, base, on_progress, cancel), store.root)
+        preflight.check(recipe, base)  # the planned schemes, layer by layer, and the export of what they make
+    with store.run(recipe.model, recipe.to_yaml(), device=recipe.device, sweep=sweep,
+                   sweep_params=sweep_params) as run_id:
         report(on_progress, "load", 0.0)
         loaded = base or load(recipe.model, device=recipe.device, dtype=recipe.dtype, **recipe.load_options)
         model = clone(loaded.model) if recipe.steps else loaded.model
@@ -151,7 +167,8 @@ def export_step(model: torch.nn.Module, loaded: LoadedModel, recipe: Recipe, spe
         return export_model(model, loaded.tokenizer, spec, measured.windows, **kwargs)
     name = artifact_name(recipe.model, spec)
     with store.write_artifact(run_id) as scratch:
-        result = export_model(model, loaded.tokenizer, spec, measured.windows, out=scratch / name, **kwargs)
+        result = export_model(model, loaded.tokenizer, spec, measured.windows, out=scratch / name,
+                              record_path=store.artifact_dir(run_id) / name, **kwargs)
     final = store.artifact_dir(run_id) / name
     result.path = str(final)
     result.zip_path = str(final.with_name(name + ".zip")) if result.zip_path else None

@@ -65,8 +65,8 @@ class _Run(NamedTuple):
 _Outcome = tuple[dict[int, tuple[int, ...]], tuple[int, ...], dict[str, Any]]
 
 
-def _prune_mlp_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcome:
-    _, blocks = decoder_blocks(model)
+def _mlp_plan(model: nn.Module, spec: StructuredSpec) -> tuple[list, int, dict[str, Any]]:
+    """(every block's MLP parts, channels removed per block, config changes), checked as the config would."""
     parts = all_mlp_parts(model)
     widths = {weight_matrix(output).shape[1] for _, output, _ in parts}
     require(len(widths) == 1, f"the blocks have different MLP widths {sorted(widths)}; a config holds one")
@@ -74,6 +74,13 @@ def _prune_mlp_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcome:
     count = removal_count(spec.fraction, width)
     changes = {width_key(model.config, parts[0][2], width): width - count}
     check_config(model.config, changes, f"an MLP width of {width - count}")
+    return parts, count, changes
+
+
+def _prune_mlp_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcome:
+    _, blocks = decoder_blocks(model)
+    parts, count, changes = _mlp_plan(model, spec)
+    new_width = next(iter(changes.values()))
     if spec.importance == "activation_norm":  # the input of the down projection
         scores = run.input_norms(model, [output for _, output, _ in parts])
     else:
@@ -82,15 +89,21 @@ def _prune_mlp_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcome:
     removed = cut_blocks_(cuts, scores, count, run.on_progress)
     for module in blocks.modules():  # e.g. LlamaMLP.intermediate_size (kept in step with the config)
         if isinstance(getattr(module, "intermediate_size", None), int):
-            module.intermediate_size = width - count
+            module.intermediate_size = new_width
     apply_config(model.config, changes)
     return removed, (), changes
 
 
-def _prune_heads_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcome:
+def _heads_plan(model: nn.Module, spec: StructuredSpec) -> tuple[list, int, int, int, dict[str, Any]]:
+    """(attention modules, KV groups, head size, query rows per group, config changes), checked as the config would."""
     attns, config = attentions(model), model.config
     groups, head_dim, q_rows = kv_geometry(config, attns[0])
-    changes = head_changes(config, groups, removal_count(spec.fraction, groups), head_dim)
+    return attns, groups, head_dim, q_rows, head_changes(config, groups, removal_count(spec.fraction, groups), head_dim)
+
+
+def _prune_heads_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcome:
+    attns, groups, head_dim, q_rows, changes = _heads_plan(model, spec)
+    config = model.config
     if spec.importance == "activation_norm":  # o_proj's input: the heads' attention outputs
         scores = [group_activation_scores(n, groups) for n in run.input_norms(model, [a.o_proj for a in attns])]
     else:
@@ -125,10 +138,8 @@ def _layers_to_drop(model: nn.Module, blocks: nn.ModuleList, spec: StructuredSpe
     return evenly_spaced_middle(total, count)
 
 
-def _prune_layers_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcome:
-    _, blocks = decoder_blocks(model)
-    config, total = model.config, len(blocks)
-    drop = _layers_to_drop(model, blocks, spec, run)
+def _layer_changes(config: Any, total: int, drop: tuple[int, ...]) -> dict[str, Any]:
+    """Config changes for dropping blocks ``drop`` of ``total``, checked as the config would."""
     keep = [i for i in range(total) if i not in drop]
     moved = any(new != old for new, old in enumerate(keep))
     require(not (moved and getattr(config, "scale_attn_by_inverse_layer_idx", False)),
@@ -140,6 +151,14 @@ def _prune_layers_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcom
         if isinstance(values, list | tuple) and len(values) == total:
             changes[key] = [values[i] for i in keep]
     check_config(config, changes, f"{len(keep)} blocks")
+    return changes
+
+
+def _prune_layers_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcome:
+    _, blocks = decoder_blocks(model)
+    config, total = model.config, len(blocks)
+    drop = _layers_to_drop(model, blocks, spec, run)
+    changes = _layer_changes(config, total, drop)
     for i in reversed(drop):
         del blocks[i]
     for new_index, block in enumerate(blocks):  # the KV cache is indexed by layer_idx
@@ -149,6 +168,22 @@ def _prune_layers_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcom
     apply_config(config, changes)
     report(run.on_progress, "prune", 1.0)
     return {}, tuple(drop), changes
+
+
+def planned_changes(model: nn.Module, spec: StructuredSpec) -> dict[str, Any]:
+    """The config changes ``spec`` would make to ``model``, refused where the run would refuse them.
+
+    Shapes only, so a meta-device model (no weights) will do: a model built from the config with these
+    changes has the pruned model's shapes. Blocks dropped by a ``fraction`` are counted as the run counts
+    them (which ones depends on the calibration text; how many does not).
+    """
+    if spec.target == "mlp_channels":
+        return _mlp_plan(model, spec)[2]
+    if spec.target == "heads":
+        return _heads_plan(model, spec)[4]
+    _, blocks = decoder_blocks(model)
+    drop = _layers_to_drop(model, blocks, spec, _Run(None, None, None))
+    return _layer_changes(model.config, len(blocks), drop)
 
 
 _HANDLERS = {"mlp_channels": _prune_mlp_, "heads": _prune_heads_, "layers": _prune_layers_}
