@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import ResultRow
-from ui import cache, navigation, results
+from ui import cache, jobs, navigation, results
 from ui.errors import shown
 
 navigation.inside_app()
@@ -150,6 +150,8 @@ def recipes(rows: list[ResultRow]) -> None:
     st.download_button("Download this recipe", by_id[picked].recipe, f"recipe-{picked}.yaml", "application/yaml",
                        key="tradeoffs_recipe_download")
     st.caption("Rerun it with `squeezelab run RECIPE.yaml`.")
+    if by_id[picked].status == "ok":
+        jobs.result_prompt_box(by_id[picked], str(cache.results_store().root))
     unfinished = [row for row in rows if row.status != "ok"]
     if unfinished:
         with st.expander(f"{len(unfinished)} run(s) that did not finish"):

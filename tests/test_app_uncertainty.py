@@ -122,6 +122,19 @@ def test_the_speed_caption_gives_the_spread_and_the_paired_ratio() -> None:
     assert results.notes(row) == ["machine busy while timing: other processes used 1.3 CPU cores"]
 
 
+def test_the_loop_caption_says_what_timed_the_model_and_why_not_faster() -> None:
+    row = _row(None, prefill_ms=16.6, decode_tok_s=242.1)
+    assert results.loop_caption(row) is None  # a row from before the decode loops were recorded
+    row.details["latency"] = {"loop": "prefill: transformers forward; decode: transformers forward + StaticCache, "
+                                      "torch.compile (inductor default)", "step": "compiled", "compile_s": 41.04,
+                              "compiled_now": True, "exactness": {"max_logit_diff": 2.1e-6, "tolerance": 1e-3},
+                              "loop_notes": ["no hand-written step for family 'gemma3_text'"]}
+    assert results.loop_caption(row) == (
+        "Timed with prefill: transformers forward; decode: transformers forward + StaticCache, torch.compile "
+        "(inductor default) (logits equal the forward's to 2.1e-06 of the largest |logit|; compiled in 41.0 s, once "
+        "per model, not in the speed). Why not a faster step: no hand-written step for family 'gemma3_text'")
+
+
 def test_two_results_on_the_same_windows_compare_pairwise() -> None:
     protocol = {"text": "t", "seqlen": 11, "windows": 4, "window_tokens": [10] * 4}
     a = ResultRow(id="a", created="", model="m", recipe="", status="ok",

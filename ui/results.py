@@ -249,6 +249,16 @@ def speed_caption(row: ResultRow) -> str | None:
     return " · ".join(parts)
 
 
+def loop_caption(row: ResultRow) -> str | None:
+    """'Timed with prefill: transformers forward; decode: ... (why faster steps did not run: ...)'."""
+    latency = (row.details or {}).get("latency") or {}
+    loop = report.loop_text(latency)
+    if loop is None:
+        return None
+    why = report.loop_notes(latency)
+    return f"Timed with {loop}" + (f". Why not a faster step: {'; '.join(why)}" if why else "")
+
+
 def notes(row: ResultRow) -> list[str]:
     """A rough or missing interval, a busy machine while timing: what to read before trusting the figures."""
     return report.notes(row.details or {})
