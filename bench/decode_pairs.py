@@ -71,17 +71,19 @@ def main() -> None:
     prompt = ids[:spec.prompt_tokens]
     speeds: dict[str, list[float]] = {name: [] for name in jobs}
     prefills: dict[str, list[float]] = {name: [] for name in jobs}
+    loops: dict[str, str] = {}
     for round_index in range(args.rounds):
         for name in jobs:
             latency = evaluate.measure_latency(built[name], prompt, spec.new_tokens, runs=spec.latency_runs)
             speeds[name].append(latency.decode_tok_s)
             prefills[name].append(latency.prefill_ms)
+            loops[name] = latency.loop
         print(f"round {round_index + 1}: " + ", ".join(f"{n} {speeds[n][-1]:.1f}" for n in jobs),
               file=sys.stderr, flush=True)
     print(protocol_line(args.windows))
     print(f"decode: batch 1, {prompt.numel()}-token prompt, {spec.new_tokens} new tokens, median of "
           f"{spec.latency_runs} runs per timing; {args.rounds} rounds, every model timed in turn each round; "
-          f"loop: {evaluate.decode.loop_name(loaded.model)}")
+          f"loops: {'; '.join(f'{n}: {loop}' for n, loop in loops.items())}")
     print("| job | perplexity | vs fp32 perplexity | prefill ms (median) | decode tok/s (median of rounds) | "
           "x fp32 (median of per-round ratios) | per-round ratios, min-max | kernel |")
     print("|---|---|---|---|---|---|---|---|")

@@ -54,6 +54,9 @@ _PUBLIC: dict[str, str] = {
     "measure_latency": "core.evaluate.latency", "measure": "core.evaluate.measurement",
     "ExportSpec": "core.export.spec", "FORMATS": "core.export.spec", "GGUF_TYPES": "core.export.spec",
     "export_model": "core.export.export", "writable_formats": "core.export.export",
+    # generating text
+    "generate_stream": "core.generate", "generate": "core.generate", "load_for_generation": "core.generate",
+    "Generated": "core.generate",
     # layers and errors
     "block_linear_layers": "core.layers", "decoder_blocks": "core.layers", "param_count": "core.layers",
     "weight_matrix": "core.layers",

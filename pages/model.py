@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import Recipe
-from ui import cache, charts, jobs, modelinfo, navigation, results, state
+from ui import cache, charts, generation, jobs, navigation, results, state
 from ui.errors import shown
 
 navigation.inside_app()
@@ -73,16 +73,12 @@ if state.flag(baseline_key):
             st.caption(f"Speed: {results.speed_caption(baseline)}; prompt {latency['prompt_tokens']} tokens, "
                        f"{latency['new_tokens']} new tokens, medians ({latency['dtype']}); peak memory "
                        f"{measured['peak_mem_bytes'] / 2**20:,.0f} MiB.")
+            st.caption(results.loop_caption(baseline) or "")
         for note in results.notes(baseline):
             st.warning(note)
 jobs.job_panel()
 
 st.subheader("Generate")
 default_prompt = "def read_config(path):\n" if loaded.source.kind == "sample" else "The capital of France is"
-prompt = st.text_area("Prompt", value=default_prompt, key="model_prompt", height=100)
-new_tokens = st.slider("New tokens", 1, 128, 40, key="model_new_tokens")
-if st.button("Generate (greedy)"):
-    with shown("Generation"):
-        continuation = modelinfo.greedy_continuation(loaded, prompt, new_tokens)
-        st.code(prompt + continuation, language=None, wrap_lines=True)
-        st.caption(f"{len(continuation)} characters generated after the prompt.")
+with shown("Generation"):
+    generation.prompt_box("model", lambda: loaded, default_prompt)

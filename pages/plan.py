@@ -106,7 +106,7 @@ def budget_section(atlas, request: AtlasRequest, calibration) -> None:
     cols[3].metric("Predicted perplexity", f"{plan.perplexity:.3f}", delta=f"x{plan.perplexity_ratio:.4f} vs base",
                    delta_color="off")
     chosen = [atlas.menu.options.index(option) for option in plan.options]
-    st.plotly_chart(planning.atlas_figure(atlas, request.mode, chosen), key="plan_atlas_chart")
+    st.plotly_chart(planning.cached_atlas_figure(atlas.key, request.mode, tuple(chosen), atlas), key="plan_atlas_chart")
     params = step_params(plan, atlas.menu.technique, {"method": atlas.menu.method}, atlas.key, request.mode)
     evaluation, _ = selection.eval_spec(loaded.context_length)
     recipe = Recipe(model=selection.model, steps=(Step(atlas.menu.technique, params),), calibration=calibration,
@@ -120,7 +120,8 @@ def budget_section(atlas, request: AtlasRequest, calibration) -> None:
 
 def history_section() -> None:
     """Every planned run so far: predicted beside measured."""
-    frame = planning.planned_runs([row for row in cache.results_store().list() if row.status == "ok"])
+    rows = [row for row in cache.results_store().list() if row.status == "ok"]
+    frame = planning.cached_planned_runs(tuple(row.id for row in rows), rows)
     if frame.empty:
         st.caption("Planned runs appear here with their predicted and measured perplexity.")
         return

@@ -203,6 +203,12 @@ def test_a_gptq_job_packs_the_weights_and_names_its_kernel(results_dir: Path) ->
 
     app.switch_page("pages/tradeoffs.py").run()
     assert not app.exception and job.result_id in set(app.dataframe[0].value["id"])
+    # every result has a prompt box: its own (int4) model writes the text, with its speed and loop
+    app.button(key=f"result_{job.result_id}_generate").click().run()
+    assert not app.exception and not app.error
+    prompt = app.text_area(key=f"result_{job.result_id}_prompt").value
+    assert app.code[-1].value.startswith(prompt) and len(app.code[-1].value) > len(prompt)
+    assert any("tokens/s" in caption.value and "decode:" in caption.value for caption in app.caption)
 
 
 def test_a_bad_model_reference_shows_an_error(results_dir: Path) -> None:

@@ -89,6 +89,23 @@ def test_eval_table_and_history(llama, text_file, results_env, capsys):
     assert records[0][RESULT_FIELDS.index("recipe")] == row.recipe  # multi-line YAML survives quoting
 
 
+@pytest.mark.parametrize(("switch", "value"), [("off", False), ("on", True), ("auto", None)])
+def test_eval_compile_option_is_recorded_in_the_recipe(switch, value, llama, text_file, results_env, capsys):
+    code = call(eval_args(llama, text_file, results_env, "--compile", switch, "--json"))
+    out, err = capsys.readouterr()
+    assert code == EXIT_OK, err
+    assert yaml.safe_load(json.loads(out)["recipe"])["evaluation"]["compile"] is value
+
+
+def test_eval_with_compile_off_says_so_beside_the_speed(llama, text_file, results_env, capsys):
+    argv = [a for a in eval_args(llama, text_file, results_env, "--compile", "off") if a != "--no-latency"]
+    assert call(argv) == EXIT_OK
+    out, _ = capsys.readouterr()
+    assert "compile off (asked)" in out and "decode loop" in out
+    row = ResultStore(results_env).list()[0]
+    assert "compile off (asked)" in row.details["latency"]["loop_notes"]
+
+
 def test_history_of_an_empty_store(results_env, capsys):
     assert call(["history"]) == EXIT_OK  # the env variable picks the folder
     out, _ = capsys.readouterr()
@@ -236,8 +253,7 @@ def test_a_pickle_only_model_is_refused_without_allow_pickle_and_loads_with_it(t
 
     folder = str(pickle_only_folder(tmp_path / "pickled", family="llama"))
     assert_bad_input(call(eval_args(folder, text_file, results_env)), capsys.readouterr().err, "--allow-pickle")
-    (refused,) = ResultStore(results_env).list()  # loading starts after the row is written: it says why it failed
-    assert refused.status == "failed" and "pickle" in refused.error
+    assert ResultStore(results_env).list() == []  # refused from the folder's files, before any row is written
     code = call(eval_args(folder, text_file, results_env, "--allow-pickle", "--json"))
     out, err = capsys.readouterr()
     assert code == EXIT_OK, err

@@ -69,6 +69,8 @@ def test_section_must_be_a_mapping():
         ("evaluation", "prompt_tokens", 0),
         ("evaluation", "latency_runs", 0),
         ("evaluation", "seqlen", "16"),
+        ("evaluation", "compile", "yes"),
+        ("evaluation", "compile", 1),
         ("calibration", "samples", 0),
         ("calibration", "seqlen", 1),
         ("calibration", "seed", 1.5),
@@ -153,6 +155,14 @@ def _full_recipe() -> Recipe:
 def test_yaml_round_trip(recipe):
     text = recipe.to_yaml()
     assert Recipe.from_dict(yaml.safe_load(text)) == recipe
+
+
+@pytest.mark.parametrize("switch", [True, False, None])
+def test_evaluation_compile_is_a_recipe_key_that_round_trips(switch):
+    raw = {"model": "sample:teacher", "evaluation": {} if switch is None else {"compile": switch}}
+    recipe = Recipe.from_dict(raw)
+    assert recipe.evaluation.compile is switch  # omitted: None, compile where it pays
+    assert Recipe.from_dict(yaml.safe_load(recipe.to_yaml())) == recipe
 
 
 def test_yaml_round_trip_with_steps():

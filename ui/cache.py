@@ -124,9 +124,10 @@ def recent_models(root: str) -> list[str]:
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def tradeoff_figure(ids: tuple[str, ...], x: str, color: str, size: str | None, log_y: bool,
-                    _frame: pd.DataFrame) -> go.Figure:
+                    _frame: pd.DataFrame, base: float | None = None, tolerance: float | None = None,
+                    best: str | None = None) -> go.Figure:
     """``charts.tradeoff_scatter`` of ``_frame``, whose rows are the finished results ``ids``."""
-    return charts.tradeoff_scatter(_frame, x, color, size, log_y)
+    return charts.tradeoff_scatter(_frame, x, color, size, log_y, base, tolerance, best)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)

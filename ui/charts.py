@@ -43,7 +43,9 @@ def layer_sparsity_bars(per_layer: dict[str, float], title: str) -> go.Figure:
     return fig
 
 
-def tradeoff_scatter(frame: pd.DataFrame, x: str, color: str, size: str | None, log_y: bool) -> go.Figure:
+def tradeoff_scatter(frame: pd.DataFrame, x: str, color: str, size: str | None, log_y: bool,
+                     base_line: float | None = None, tolerance: float | None = None,
+                     best: str | None = None) -> go.Figure:
     """Perplexity against ``x`` (a key of AXES); base rows as diamonds, the Pareto frontier as a line.
 
     Each point carries its perplexity's 95% interval over the evaluation windows as a vertical error bar
@@ -90,7 +92,24 @@ def tradeoff_scatter(frame: pd.DataFrame, x: str, color: str, size: str | None, 
     fig.update_layout(margin=_MARGINS, height=520, legend_title_text="", xaxis_title=label, yaxis_title="perplexity")
     if log_y:
         fig.update_yaxes(type="log")
+    if base_line is not None:
+        _base_band(fig, base_line, tolerance)
+    if best is not None and best in columns["id"]:
+        position = columns["id"].index(best)
+        fig.add_trace(go.Scatter(x=[columns[x_column][position]], y=[columns["perplexity"][position]],
+                                 mode="markers", name="smallest within the tolerance" if x == "size_bytes"
+                                 else "best within the tolerance", hoverinfo="skip",
+                                 marker={"symbol": "star-open", "size": 22, "color": "black", "line": {"width": 2}}))
     return fig
+
+
+def _base_band(fig: go.Figure, base: float, tolerance: float | None) -> None:
+    """A line at the base model's perplexity and, with a tolerance, the band of acceptable results above it."""
+    fig.add_hline(y=base, line={"color": "black", "width": 1}, annotation_text=f"base {base:.4g}",
+                  annotation_position="bottom right")
+    if tolerance:
+        fig.add_hrect(y0=base, y1=base * (1 + tolerance), fillcolor="green", opacity=0.08, line_width=0,
+                      annotation_text=f"within +{tolerance:.0%}", annotation_position="top right")
 
 
 def _error_bars(frame: pd.DataFrame, column: str, low_column: str,

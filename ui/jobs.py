@@ -28,9 +28,9 @@ from core.errors import CancelledError, SqueezeLabError
 from core.models import LoadedModel
 from core.recipe import Recipe, pipeline
 from core.store import ResultRow, ResultStore, UnknownResultError, default_results_dir
-from ui import results, state
+from ui import generation, results, state
 from ui.cache import store_at
-from ui.errors import describe, log
+from ui.errors import describe, log, shown
 
 ACTIVE = ("queued", "running")
 NEUTRAL = {"delta_color": "off", "delta_arrow": "off"}  # st.metric's sub-line for a figure that is not a change
@@ -345,6 +345,16 @@ def _render_finished(job: Job) -> None:
         result_metrics(row)
         for note in row.details.get("notes") or []:  # e.g. calibration text from another domain, a cut seqlen
             st.caption(f"Note: {note}")
+        result_prompt_box(row, job.results_dir)
+
+
+def result_prompt_box(row: ResultRow, results_dir: str) -> None:
+    """What this result's model writes, and how fast (``ui.generation``), in an expander."""
+    with st.expander("Generate with this result"):
+        default = "def read_config(path):\n" if row.model.startswith("sample:") else "The capital of France is"
+        with shown("Generation"):
+            generation.prompt_box(f"result_{row.id}", lambda: generation.result_model(row.id, str(results_dir)),
+                                  default, label="Generate")
 
 
 def _stored_row(job: Job) -> ResultRow | None:
@@ -380,6 +390,9 @@ def result_metrics(row: ResultRow) -> None:
     st.caption(f"{details.get('text', '?')}, seqlen {details.get('seqlen', '?')}, {details.get('windows', '?')} windows"
                f" · KL(base‖model) {_fmt(row.kl_to_base, '.4f')} · {row.kernel} on {row.device}"
                + (f" · {speed}" if speed else ""))
+    loop = results.loop_caption(row)
+    if loop:
+        st.caption(loop)
     for note in results.notes(row):
         st.warning(note)
 

@@ -20,10 +20,27 @@ from ui.errors import shown
 _MARGINS = {"l": 10, "r": 10, "t": 40, "b": 10}
 
 
+class _NotYet(Exception):
+    """No atlas answers the request yet (raised, not returned, so that the miss is not cached)."""
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _found_atlas(model_ref: str, request: AtlasRequest, root: str, _loaded: LoadedModel) -> Atlas:
+    # keyed by the model reference: the app's cached base model of a reference never changes (ui.cache.load_base)
+    atlas = cached_atlas(_loaded.model, request, root)
+    if atlas is None:
+        raise _NotYet
+    return atlas
+
+
 def find_atlas(loaded: LoadedModel, request: AtlasRequest, root: str) -> Atlas | None:
-    """The cached atlas answering ``request`` for the loaded model, or None (shown when unreadable)."""
+    """The cached atlas answering ``request`` for the loaded model, or None (shown when unreadable). Once found it
+    is kept in memory, so a rerun (each move of the budget slider) neither hashes the weights nor reads the file."""
     with shown("Cannot read the cached atlases"):
-        return cached_atlas(loaded.model, request, root)
+        try:
+            return _found_atlas(loaded.source.ref, request, root, loaded)
+        except _NotYet:
+            return None
     return None
 
 
@@ -45,6 +62,12 @@ def planner(key: str, mode: str, _atlas: Atlas) -> Planner:
     found = Planner(_atlas, mode)
     found.table("nonzero" if _atlas.menu.technique == "prune" else "bytes")
     return found
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def cached_atlas_figure(key: str, mode: str, chosen: tuple[int, ...], _atlas: Atlas) -> go.Figure:
+    """``atlas_figure`` of the atlas ``key``, kept per plan (a slider moved back draws from memory)."""
+    return atlas_figure(_atlas, mode, list(chosen))
 
 
 def atlas_figure(atlas: Atlas, mode: str, chosen: list[int] | None = None) -> go.Figure:
@@ -83,6 +106,12 @@ def reachable_perplexity(plans: Planner) -> float:
     """The lowest perplexity the menu can predict: every layer at its cheapest option."""
     _, costs = plans.table("bytes").best_costs()
     return float(plans.atlas.base_perplexity * math.exp(plans.fit(float(costs[-1]))))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_planned_runs(ids: tuple[str, ...], _rows: list[ResultRow]) -> pd.DataFrame:
+    """``planned_runs`` of ``_rows``, the finished results ``ids`` (a finished row never changes)."""
+    return planned_runs(_rows)
 
 
 def planned_runs(rows: list[ResultRow]) -> pd.DataFrame:

@@ -49,13 +49,16 @@ def results_frame(rows: list[ResultRow]) -> pd.DataFrame:
             protocol=f"{details.get('text', '?')}, seqlen {seqlen}, {windows} windows",
             recipe_html=html.escape(row.recipe or "").replace("\n", "<br>"),
             vs_base=vs_base_cell(details),
+            delta_to_base=delta_to_base(row),
+            sweep=row.sweep,
         )
         for column, (_, scale, _) in AXES.items():
             value = record[column]
             record[f"{column}_axis"] = value * scale if value is not None and math.isfinite(value) else None
         record.update(_speed_spread(details.get("latency") or {}))
         records.append(record)
-    columns = [*RESULT_FIELDS, "method", "family", "zeros", "protocol", "recipe_html", "vs_base",
+    columns = [*RESULT_FIELDS, "method", "family", "zeros", "protocol", "recipe_html", "vs_base", "delta_to_base",
+               "sweep",
                *(f"{c}_axis" for c in AXES), *(f"{c}_{end}_axis" for c in SPEED_AXES for end in ("min", "max"))]
     return pd.DataFrame.from_records(records, columns=columns)
 
@@ -96,19 +99,59 @@ def layer_frame(row: ResultRow) -> pd.DataFrame | None:
                                       for layer in layers], columns=["name", "sparsity", "sqnr_db", "rel_error"])
 
 
-def compare_table(a: ResultRow, b: ResultRow) -> pd.DataFrame:
-    """The two results' metrics side by side, as text (a column can mix numbers and kernel names)."""
+def compare_table(*rows: ResultRow) -> pd.DataFrame:
+    """The results' metrics side by side, one column each, as text (a column can mix numbers and kernel names)."""
     table = {
-        "model": [a.model, b.model],
-        "method": [(a.details or {}).get("method", "base"), (b.details or {}).get("method", "base")],
-        "evaluation": [_protocol(a), _protocol(b)],
+        "model": [row.model for row in rows],
+        "method": [(row.details or {}).get("method", "base") for row in rows],
+        "evaluation": [_protocol(row) for row in rows],
     }
     for name, label in METRIC_LABELS.items():
-        table[label] = [_show(getattr(a, name)), _show(getattr(b, name))]
-    table["vs its base (paired)"] = [_show(vs_base_cell(a.details)), _show(vs_base_cell(b.details))]
+        table[label] = [_show(getattr(row, name)) for row in rows]
+    table["Δ perplexity to its base"] = [_show(_percent(delta_to_base(row))) for row in rows]
+    table["vs its base (paired)"] = [_show(vs_base_cell(row.details)) for row in rows]
     for name, label in (("prefill_ms", "prefill runs"), ("decode_tok_s", "decode runs")):
-        table[label] = [_spread(row, name) for row in (a, b)]
-    return pd.DataFrame.from_dict(table, orient="index", columns=[a.id, b.id])
+        table[label] = [_spread(row, name) for row in rows]
+    return pd.DataFrame.from_dict(table, orient="index", columns=[row.id for row in rows])
+
+
+def delta_to_base(row: ResultRow) -> float | None:
+    """Perplexity relative to its base model on the same windows, minus one (0.05: 5% worse); None without one."""
+    if row.perplexity is None or not row.base_perplexity:
+        return None
+    return row.perplexity / row.base_perplexity - 1
+
+
+def _percent(value: float | None) -> str | None:
+    return None if value is None else f"{100 * value:+.2f}%"
+
+
+# ---- the question users ask: the smallest result within a tolerance of the base --------------------
+
+
+def base_reference(frame: pd.DataFrame) -> float | None:
+    """The base perplexity the results shown compare with: one model on one evaluation, else None (no line).
+
+    A measured base row (method "base") wins; otherwise the base perplexity the compressed runs measured on
+    the same windows (they agree: the same base model scored on the same windows)."""
+    if frame.empty or frame["model"].nunique() != 1 or frame["protocol"].nunique() != 1:
+        return None
+    base_rows = frame[frame["method"] == "base"]["perplexity"].dropna()
+    if not base_rows.empty:
+        return float(base_rows.iloc[0])
+    measured = frame["base_perplexity"].dropna()
+    return float(measured.median()) if not measured.empty else None
+
+
+def smallest_within(frame: pd.DataFrame, base: float, tolerance: float, x: str) -> str | None:
+    """The id of the best result on axis ``x`` (a key of AXES) with perplexity at most ``base * (1 + tolerance)``."""
+    _, _, lower_better = AXES[x]
+    inside = frame[(frame["perplexity"] <= base * (1 + tolerance)) & (frame["method"] != "base")]
+    inside = inside.dropna(subset=[f"{x}_axis"])
+    if inside.empty:
+        return None
+    order = inside.sort_values([f"{x}_axis", "perplexity"], ascending=[lower_better, True])
+    return str(order["id"].iloc[0])
 
 
 def _protocol(row: ResultRow) -> str:
@@ -204,6 +247,16 @@ def speed_caption(row: ResultRow) -> str | None:
         parts.append(f"decode {compared}")
     parts.append(f"batch 1, {latency.get('threads')} threads on {latency.get('device')}")
     return " · ".join(parts)
+
+
+def loop_caption(row: ResultRow) -> str | None:
+    """'Timed with prefill: transformers forward; decode: ... (why faster steps did not run: ...)'."""
+    latency = (row.details or {}).get("latency") or {}
+    loop = report.loop_text(latency)
+    if loop is None:
+        return None
+    why = report.loop_notes(latency)
+    return f"Timed with {loop}" + (f". Why not a faster step: {'; '.join(why)}" if why else "")
 
 
 def notes(row: ResultRow) -> list[str]:

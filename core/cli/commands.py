@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def _eval_spec(args: argparse.Namespace):
     return EvalSpec(text=args.text, seqlen=args.seqlen, max_windows=args.max_windows or None,
-                    latency=not args.no_latency)
+                    latency=not args.no_latency, compile={"auto": None, "on": True, "off": False}[args.compile])
 
 
 def _opt_ins(args: argparse.Namespace) -> dict[str, bool]:
@@ -114,6 +114,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     return _run_recipe(recipe, args)
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Stream the continuation to stdout; what ran and how fast to stderr (or one JSON object with --json)."""
+    import json
+
+    from core.generate import generate_stream, load_for_generation
+
+    switch = {"auto": None, "on": True, "off": False}
+    chosen = load_for_generation(args.model, args.results_dir, args.device, args.allow_pickle,
+                                 args.trust_remote_code)
+    pieces = []
+    for piece in generate_stream(chosen.loaded.model, chosen.loaded.tokenizer, args.prompt, args.max_new_tokens,
+                                 args.temperature, args.seed, switch[args.chat], switch[args.compile]):
+        pieces.append(piece)
+        if not args.json:
+            sys.stdout.write(piece.text)
+            sys.stdout.flush()
+    last = pieces[-1]
+    speed = f"{last.decode_tok_s:.1f} tok/s decode" if last.decode_tok_s else "too short for a decode speed"
+    summary = {"model": chosen.label, "text": "".join(p.text for p in pieces), "tokens": last.tokens,
+               "prompt_tokens": last.prompt_tokens, "prefill_ms": last.prefill_ms, "decode_tok_s": last.decode_tok_s,
+               "stop": last.stop, "loop": last.loop, "notes": list(last.notes)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"\n[{chosen.label}: {last.tokens} tokens, {speed}, prefill {last.prefill_ms:.0f} ms for "
+              f"{last.prompt_tokens} tokens, stop: {last.stop}; {last.loop}]", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``squeezelab sweep FILE``: run (or resume) a sweep and print its front and best trial."""
     from core.cli import sweep_output
@@ -162,6 +191,6 @@ def cmd_build_samples(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "eval": cmd_eval, **{kind: step_command(kind) for kind in STEPS}, "run": cmd_run, "export": cmd_export,
-    "sweep": cmd_sweep, "history": cmd_history, "app": cmd_app, "build-samples": cmd_build_samples,
-    "plan": cmd_plan,
+    "generate": cmd_generate, "sweep": cmd_sweep, "history": cmd_history, "app": cmd_app,
+    "build-samples": cmd_build_samples, "plan": cmd_plan,
 }

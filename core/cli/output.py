@@ -88,7 +88,10 @@ def _latency_lines(row, latency: dict) -> list[tuple[str, str]]:
                                     f"({report.spread_text(base, 'decode_tok_s')}), prefill {base['prefill_ms']:.1f} ms"
                                     " (timed in turns with the model)"))
     lines.append(("peak memory", f"{row.peak_mem_bytes / 2**20:.0f} MiB"))
-    return lines
+    loop = report.loop_text(latency)
+    if loop:
+        lines.append(("decode loop", loop))
+    return lines + [("loop note", note) for note in report.loop_notes(latency)]
 
 
 def _export_lines(export: dict) -> list[tuple[str, str]]:

@@ -34,6 +34,8 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--dtype", default=None, help="auto | fp32 | fp16 | bf16")
     parser.add_argument("--no-latency", action="store_true", help="skip the prefill/decode timing")
+    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                        help="time the decode step compiled by torch.compile (auto: models of 20 M parameters or more)")
 
 
 def _add_load_options(parser: argparse.ArgumentParser, what: str = "") -> None:
@@ -87,6 +89,24 @@ def _add_export_parser(commands) -> None:  # noqa: ANN001
     _add_common(ex)
 
 
+def _add_generate_parser(commands) -> None:  # noqa: ANN001
+    gen = commands.add_parser("generate", help="stream a model's (or a stored result's) continuation of a prompt, "
+                                               "with its tokens/s")
+    gen.add_argument("--model", default="sample:teacher",
+                     help=MODEL_HELP + ", or a stored result id (its exported artifact, else its recipe run again)")
+    gen.add_argument("--prompt", required=True, help="the text to continue")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above 0: sampled (see --seed)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--chat", default="auto", choices=["auto", "on", "off"],
+                     help="wrap the prompt in the tokenizer's chat template (auto: when it has one)")
+    gen.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                     help="compile the decode step with torch.compile (auto: for models of 20 M parameters or more)")
+    gen.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N | mps")
+    _add_load_options(gen)
+    _add_common(gen)
+
+
 def _add_sweep_parser(commands) -> None:  # noqa: ANN001
     sw = commands.add_parser("sweep", help="run a grid or an Optuna search over recipe fields (resumable)")
     sw.add_argument("file", type=Path, help="a sweep file (YAML or JSON): sweep, base, grid or search, constraint")
@@ -117,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(rn)
 
     _add_export_parser(commands)
+    _add_generate_parser(commands)
     _add_sweep_parser(commands)
     add_plan_parser(commands, MODEL_HELP)
 

@@ -1,10 +1,12 @@
 """Speed at batch 1 with a KV cache: prefill time, decode tokens/s, peak memory; their spread over runs.
 
-Llama-style models run the static-cache loop of ``core.evaluate.decode`` (the model's own weights and
-layers, without the per-step Python of the generic forward); others transformers' forward with its
-KV cache. The result says which loop ran, the min / median / max of the runs, the speed relative to
-a base model timed in the same runs (in turns, so each ratio is paired), and whether other work ran
-on the machine's CPUs while timing.
+Every model runs the fastest decoder of ``core.evaluate.decode`` that reproduces its own forward on
+the timed prompt (checked before timing): a static KV cache, its decode step compiled by
+``torch.compile`` where that pays, the hand-written step or transformers' forward otherwise. The
+result says which loop ran and why (``loop``, ``loop_notes``), how far its logits were from the
+forward's (``exactness``), the compile time apart from the speed (``compile_s``), the min / median /
+max of the runs, the speed relative to a base model timed in the same runs (in turns, so each ratio
+is paired), and whether other work ran on the machine's CPUs while timing.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import os
 import statistics
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from core.errors import CancelledError
-from core.evaluate.decode import TRANSFORMERS_LOOP, StaticDecoder, loop_name, unsupported_reason
+from core.evaluate.decode import DYNAMIC_LOOP, ChosenDecoder, open_decoder
+from core.evaluate.decode.choice import CHECK_TOKENS
 from core.layers import model_device
 from core.progress import CancelFn
 
@@ -44,7 +48,7 @@ class LatencyMetrics:
     threads: int
     device: str
     dtype: str
-    loop: str = TRANSFORMERS_LOOP
+    loop: str = DYNAMIC_LOOP
     prefill_ms_min: float | None = None
     prefill_ms_max: float | None = None
     decode_tok_s_min: float | None = None
@@ -57,6 +61,11 @@ class LatencyMetrics:
     busy_note: str | None = None
     base: dict | None = None  # the base model's LatencyMetrics.as_dict(), timed in the same runs
     vs_base: dict | None = None  # SpeedRatio.as_dict()
+    step: str | None = None  # the decode step that ran (core.evaluate.decode.STEPS, or "dynamic")
+    loop_notes: tuple[str, ...] = ()  # why faster steps did not run
+    compile_s: float | None = None  # seconds compiling the step took (None: not compiled); never in the speed
+    compiled_now: bool = False  # compiled during this measurement (False: earlier in this process)
+    exactness: dict | None = None  # {"max_logit_diff": relative to the largest |logit|, "tolerance", "tokens"}
 
     def as_dict(self) -> dict:
         return {**asdict(self), "prefill_ms_median": self.prefill_ms, "decode_tok_s_median": self.decode_tok_s}
@@ -100,40 +109,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _decode_steps(step, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:  # noqa: ANN001
-    """Time ``step(ids) -> last logits``: the prefill of ``prompt``, then ``new_tokens`` greedy steps."""
+@torch.inference_mode()
+def _time_generation(decoder, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:  # noqa: ANN001
+    """One run of a decoder: seconds for the prefill of ``prompt``, seconds for ``new_tokens`` greedy steps."""
     device = prompt.device
+    decoder.reset()
     _sync(device)
     start = time.perf_counter()
-    token = step(prompt).argmax(dim=-1, keepdim=True)
+    token = decoder.forward(prompt).argmax(dim=-1, keepdim=True)
     _sync(device)
     prefill_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(new_tokens):
-        token = step(token).argmax(dim=-1, keepdim=True)
+        token = decoder.forward(token).argmax(dim=-1, keepdim=True)
     _sync(device)
     return prefill_s, time.perf_counter() - start
-
-
-@torch.inference_mode()
-def _time_generation(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
-    """One run: seconds for the prefill, seconds for ``new_tokens`` greedy decode steps.
-
-    Llama-style models run the static-cache loop of ``core.evaluate.decode`` (same logits, without the
-    per-step Python of the generic forward); others transformers' forward with its KV cache.
-    """
-    if unsupported_reason(model) is None:
-        decoder = StaticDecoder(model, prompt.shape[1] + new_tokens)
-        return _decode_steps(decoder.forward, prompt, new_tokens)
-    past = None
-
-    def step(ids: torch.Tensor) -> torch.Tensor:
-        nonlocal past
-        out = model(input_ids=ids, past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        return out.logits[:, -1]
-
-    return _decode_steps(step, prompt, new_tokens)
 
 
 class _PeakRss:
@@ -249,8 +239,8 @@ class _Series:
     peak_cuda: int = 0
 
 
-def _interleaved_runs(models: list[torch.nn.Module], prompt: torch.Tensor, new_tokens: int, runs: int,
-                      cancel: CancelFn | None) -> list[_Series]:
+def _interleaved_runs(models: list[torch.nn.Module], decoders: list, prompt: torch.Tensor, new_tokens: int,
+                      runs: int, cancel: CancelFn | None) -> list[_Series]:
     """``runs`` timings of each model, in turns (the order alternating run by run, so neither always goes first)."""
     series = [_Series() for _ in models]
     for run in range(runs):
@@ -261,7 +251,7 @@ def _interleaved_runs(models: list[torch.nn.Module], prompt: torch.Tensor, new_t
             device = model_device(models[index])
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            prefill_s, decode_s = _time_generation(models[index], prompt.to(device), new_tokens)
+            prefill_s, decode_s = _time_generation(decoders[index], prompt.to(device), new_tokens)
             series[index].prefill_s.append(prefill_s)
             series[index].decode_s.append(decode_s)
             if device.type == "cuda":
@@ -269,8 +259,8 @@ def _interleaved_runs(models: list[torch.nn.Module], prompt: torch.Tensor, new_t
     return series
 
 
-def _metrics(model: torch.nn.Module, series: _Series, prompt_tokens: int, new_tokens: int, peak: int,
-             watch: _LoadWatch) -> LatencyMetrics:
+def _metrics(model: torch.nn.Module, chosen: ChosenDecoder, series: _Series, prompt_tokens: int, new_tokens: int,
+             peak: int, watch: _LoadWatch) -> LatencyMetrics:
     """The medians and the spread of one model's runs, with what the machine was doing meanwhile."""
     prefill_ms = [1000.0 * s for s in series.prefill_s]
     rates = [new_tokens / s if new_tokens else float("nan") for s in series.decode_s]
@@ -280,7 +270,9 @@ def _metrics(model: torch.nn.Module, series: _Series, prompt_tokens: int, new_to
         decode_tok_s=new_tokens / statistics.median(series.decode_s) if new_tokens else float("nan"),
         peak_mem_bytes=int(peak), prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=len(prefill_ms),
         threads=threads, device=str(model_device(model)),
-        dtype=str(next(model.parameters()).dtype).replace("torch.", ""), loop=loop_name(model),
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""), loop=chosen.loop, step=chosen.step,
+        loop_notes=tuple(chosen.notes), compile_s=chosen.compile_s, compiled_now=chosen.compiled_now,
+        exactness={"max_logit_diff": chosen.deviation, "tolerance": chosen.tolerance, "tokens": CHECK_TOKENS + 1},
         prefill_ms_min=min(prefill_ms), prefill_ms_max=max(prefill_ms), decode_tok_s_min=min(rates),
         decode_tok_s_max=max(rates), prefill_ms_runs=tuple(prefill_ms), decode_tok_s_runs=tuple(rates),
         load_avg_1m=watch.load_avg_1m, other_cpu_cores=watch.other_cpu_cores,
@@ -296,26 +288,34 @@ def measure_latency(
     runs: int = 5,
     cancel: CancelFn | None = None,
     base: torch.nn.Module | None = None,
+    compile: bool | None = None,
 ) -> LatencyMetrics:
     """Prefill time of ``prompt_ids`` [P] and greedy decode speed for ``new_tokens`` at batch 1.
 
-    Warm-ups first, then the median of ``runs`` (and their min / max); CUDA is synchronized around
-    each timed part. Peak memory: ``torch.cuda.max_memory_allocated`` during the model's own runs on
-    CUDA, the process's peak RSS on CPU. With ``base`` the base model is timed in the same runs, in
-    turns with ``model``, so each run's speed ratio compares timings taken moments apart (``vs_base``).
+    Each model first gets its decoder (``core.evaluate.decode.open_decoder``: checked against the
+    model's forward on this prompt, compiled when ``compile`` is true, or None and the model is large
+    enough; compile time is reported apart). Warm-ups follow, then the median of ``runs`` (and their
+    min / max); CUDA is synchronized around each timed part. Peak memory: ``torch.cuda.max_memory_allocated``
+    during the model's own runs on CUDA, the process's peak RSS on CPU. With ``base`` the base model is
+    timed in the same runs, in turns with ``model``, so each run's speed ratio compares timings taken
+    moments apart (``vs_base``).
     """
     device = model_device(model)
     prompt = prompt_ids.reshape(1, -1).to(device)
     timed = [model] if base is None else [model, base]
-    for candidate in timed:
-        for _ in range(warmup):
-            _time_generation(candidate, prompt.to(model_device(candidate)), min(new_tokens, 4))
-    with _PeakRss() as rss, _LoadWatch() as watch:
-        series = _interleaved_runs(timed, prompt, new_tokens, runs, cancel)
+    max_len = int(prompt.shape[1]) + new_tokens
+    with ExitStack() as stack:
+        chosen = [stack.enter_context(open_decoder(m, prompt.to(model_device(m)), max_len, compile)) for m in timed]
+        decoders = [c.decoder for c in chosen]
+        for candidate, decoder in zip(timed, decoders, strict=True):
+            for _ in range(warmup):
+                _time_generation(decoder, prompt.to(model_device(candidate)), min(new_tokens, 4))
+        with _PeakRss() as rss, _LoadWatch() as watch:
+            series = _interleaved_runs(timed, decoders, prompt, new_tokens, runs, cancel)
     peaks = [s.peak_cuda if model_device(m).type == "cuda" else rss.peak for m, s in zip(timed, series, strict=True)]
-    metrics = _metrics(model, series[0], int(prompt.shape[1]), new_tokens, peaks[0], watch)
+    metrics = _metrics(model, chosen[0], series[0], int(prompt.shape[1]), new_tokens, peaks[0], watch)
     if base is None:
         return metrics
-    base_metrics = _metrics(base, series[1], int(prompt.shape[1]), new_tokens, peaks[1], watch)
+    base_metrics = _metrics(base, chosen[1], series[1], int(prompt.shape[1]), new_tokens, peaks[1], watch)
     ratio = speed_ratio(series[0].prefill_s, series[0].decode_s, series[1].prefill_s, series[1].decode_s)
     return replace(metrics, base=base_metrics.as_dict(), vs_base=ratio.as_dict())

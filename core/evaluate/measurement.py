@@ -141,7 +141,7 @@ def measure(
         prompt_tokens = min(prompt_tokens, ids.numel())
         # the base (when comparing) is timed in the same runs, in turns with the model: a paired speed ratio
         latency = measure_latency(model, ids[:prompt_tokens], new_tokens, runs=spec.latency_runs, cancel=cancel,
-                                  base=base)
+                                  base=base, compile=spec.compile)
     unigram = unigram_perplexity(ids, windows, max(len(loaded.tokenizer), int(ids.max()) + 1))
     return Measurement(quality, measure_size(model), latency, spec.text, windows, bos, unigram)
 

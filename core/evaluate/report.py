@@ -95,6 +95,27 @@ def speed_vs_base_text(latency: dict) -> str | None:
     return text + ("; within the runs' spread" if ratio.get("within_spread") else "")
 
 
+def loop_text(latency: dict) -> str | None:
+    """What timed the model: 'prefill: transformers forward; decode: ... (logits equal the forward's to 2.1e-06
+    of the largest |logit|; compiled in 41.0 s, once per model, not in the speed)'; None for older rows."""
+    loop = (latency or {}).get("loop")
+    if not loop or not latency.get("step"):
+        return None
+    parts = []
+    exact = latency.get("exactness") or {}
+    if _finite(exact.get("max_logit_diff")):
+        parts.append(f"logits equal the forward's to {exact['max_logit_diff']:.1e} of the largest |logit|")
+    if _finite(latency.get("compile_s")):
+        when = "" if latency.get("compiled_now") else ", earlier in this process"
+        parts.append(f"compiled in {latency['compile_s']:.1f} s{when}, once per model, not in the speed")
+    return loop + (f" ({'; '.join(parts)})" if parts else "")
+
+
+def loop_notes(latency: dict) -> list[str]:
+    """Why faster decode steps did not run (a family without one, compile off, a step that was not exact)."""
+    return list((latency or {}).get("loop_notes") or [])
+
+
 def notes(details: dict) -> list[str]:
     """What a reader must know about the figures: an implausible perplexity, a rough or missing interval, a busy
     machine while timing."""

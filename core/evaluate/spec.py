@@ -32,6 +32,9 @@ class EvalSpec:
     prompt_tokens: int = 128
     new_tokens: int = 32
     latency_runs: int = 5
+    # compile the decode step with torch.compile (None: when the model has >= 20 M parameters; see
+    # core.evaluate.decode); compile time is reported apart from the speed
+    compile: bool | None = None
 
     def __post_init__(self) -> None:
         require(isinstance(self.text, str), f"evaluation.text must be a text source name or path, got {self.text!r}")
@@ -39,6 +42,8 @@ class EvalSpec:
                 f"evaluation.seqlen must be a whole number >= 2, got {self.seqlen!r}")
         require(self.max_windows is None or is_count(self.max_windows, 1),
                 f"evaluation.max_windows must be a whole number >= 1 (or omitted for all), got {self.max_windows!r}")
+        require(self.compile is None or isinstance(self.compile, bool),
+                f"evaluation.compile must be true, false or omitted (auto), got {self.compile!r}")
         for name in ("latency", "compare_to_base"):
             require(isinstance(getattr(self, name), bool),
                     f"evaluation.{name} must be true or false, got {getattr(self, name)!r}")

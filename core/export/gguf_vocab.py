@@ -50,7 +50,7 @@ def _pre_name(pre: dict | None) -> str | None:
     if pre is None:
         return None
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's name for GPT-2's split ("gpt2" is refused as an unknown pre-tokenizer)
     parts = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
     if not parts or len(parts) != 2 or parts[1].get("type") != "ByteLevel":
         return None
@@ -85,9 +85,9 @@ def vocab_for(tokenizer, vocab_size: int) -> GGUFVocab:
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]  # llama.cpp's filler for unused rows
     token_types = [types.get(i, 5) for i in range(vocab_size)]  # 5: UNUSED
     pre = _pre_name(data.get("pre_tokenizer"))
-    notes = () if pre else ("pre-tokenizer not recognised: written as gpt2 (GPT-2's split); text may tokenize "
+    notes = () if pre else ("pre-tokenizer not recognised: written as gpt-2 (GPT-2's split); text may tokenize "
                             "differently after reload, which the export check reports",)
-    return GGUFVocab(tokens, token_types, _merges(model), pre or "gpt2", tokenizer.bos_token_id,
+    return GGUFVocab(tokens, token_types, _merges(model), pre or "gpt-2", tokenizer.bos_token_id,
                      tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id,
                      _adds_bos(tokenizer), getattr(tokenizer, "chat_template", None),
                      notes)

@@ -22,7 +22,8 @@ def choose_kernels(model: nn.Module, requested: str = "auto") -> tuple[dict[str,
         if not isinstance(module, QuantLinear):
             continue
         kernel = requested if requested != "auto" else _auto_kernel(module)
-        reason = kernel_unavailable(kernel, module.scheme, module.in_features, module.scales.device)
+        reason = kernel_unavailable(kernel, module.scheme, module.in_features, module.scales.device,
+                                    module.out_features)
         if reason:
             notes.append(f"{name}: {kernel} unavailable ({reason}); dequantizing on the fly instead")
             kernel = "dequant"
@@ -37,7 +38,7 @@ def choose_kernels(model: nn.Module, requested: str = "auto") -> tuple[dict[str,
 def _auto_kernel(module: QuantLinear) -> str:
     device = module.scales.device
     for kernel in ("int4_weight_only", "int8_weight_only"):
-        if kernel_unavailable(kernel, module.scheme, module.in_features, device) is None:
+        if kernel_unavailable(kernel, module.scheme, module.in_features, device, module.out_features) is None:
             return kernel
     return "dequant"
 

@@ -7,7 +7,9 @@
   (weights prepacked once), ``torch._int_mm`` (int8 x int8 -> int32) on CUDA.
 
 Every kernel computes in the precision its fast path needs (bf16 activations for the weight-only
-CPU kernels) and returns the input's dtype.
+CPU kernels) and returns the input's dtype. Weights and scales are packed once, in the layout and
+dtype the kernel reads (``int4_kernel_state``, ``int8_kernel_scales``, ``fbgemm_prepack``); a call only
+converts the activations, and not even those when the model already runs in bf16.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ KERNELS = ("dequant", "int8_weight_only", "int4_weight_only", "int8_dynamic")
 # int8 weight codes within +-64 never overflow fbgemm's int16 pair sums with full 8-bit activations
 FBGEMM_SAFE_RADIUS = 64
 INT4_GROUPS = (32, 64, 128, 256)
+INT4_CPU_ROWS = 16  # aten._convert_weight_to_int4pack_for_cpu packs output rows in blocks of 16
 
 
-def kernel_unavailable(kernel: str, scheme: QuantScheme, in_features: int, device: torch.device) -> str | None:
-    """Why ``kernel`` cannot run a layer of this scheme on ``device`` (None: it can)."""
+def kernel_unavailable(kernel: str, scheme: QuantScheme, in_features: int, device: torch.device,
+                       out_features: int | None = None) -> str | None:
+    """Why ``kernel`` cannot run a layer of this scheme on ``device`` (None: it can); ``out_features``
+    when known (the CPU int4 kernel packs output rows 16 at a time)."""
     if kernel not in KERNELS:
         return f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}"
     per_channel_int8 = scheme.bits == 8 and scheme.symmetric and scheme.group_size is None
@@ -38,6 +43,8 @@ def kernel_unavailable(kernel: str, scheme: QuantScheme, in_features: int, devic
             return f"there is no int4 kernel for {device.type}"
         if device.type == "cuda" and in_features % 1024:
             return "the CUDA tinygemm kernel needs an input width that is a multiple of 1024"
+        if device.type == "cpu" and out_features is not None and out_features % INT4_CPU_ROWS:
+            return f"the CPU int4 kernel needs an output width that is a multiple of {INT4_CPU_ROWS}"
     return None
 
 
@@ -54,7 +61,9 @@ def int4_kernel_state(codes: torch.Tensor, scale: torch.Tensor,
         nibbles = codes.to(torch.uint8)
         packed = torch.ops.aten._convert_weight_to_int4pack((nibbles[:, ::2] << 4) | nibbles[:, 1::2], 8)
         return packed, scales_and_zeros.to(torch.bfloat16)
-    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1), scales_and_zeros
+    # bf16 scales: the CPU kernel's fast path; converting them on every call cost as much as a small matmul
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+    return packed, scales_and_zeros.to(torch.bfloat16)
 
 
 def int4_matmul(flat: torch.Tensor, kernel_weight: torch.Tensor, group: int,
@@ -63,7 +72,8 @@ def int4_matmul(flat: torch.Tensor, kernel_weight: torch.Tensor, group: int,
     if flat.device.type == "cuda":
         out = torch.ops.aten._weight_int4pack_mm(flat.to(torch.bfloat16), kernel_weight, group, scales_and_zeros)
         return out.to(flat.dtype)
-    # the CPU kernel is vectorized for bf16 activations only (float32 input runs ~20x slower)
+    # the CPU kernel is vectorized for bf16 activations only (float32 input runs ~20x slower);
+    # ``.to`` returns its input untouched when the dtype already matches (a bf16 model, the packed scales)
     out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(torch.bfloat16), kernel_weight, group,
                                                      scales_and_zeros.to(torch.bfloat16))
     return out.to(flat.dtype)
@@ -86,8 +96,16 @@ def int4_codes_from_kernel(kernel_weight: torch.Tensor, group: int, scales_shape
     return values.float().t().round().to(torch.uint8)  # [out, in]
 
 
+def int8_kernel_scales(scales: torch.Tensor) -> torch.Tensor:
+    """Per-row scales [out] for ``int8_weight_only_matmul``, made once: bf16 on the CPU (what its kernel
+    computes in); float32 elsewhere, where the kernel computes in the activations' dtype."""
+    return scales.float().reshape(-1).to(torch.bfloat16 if scales.device.type == "cpu" else torch.float32)
+
+
 def int8_weight_only_matmul(flat: torch.Tensor, weight_int8: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x [tokens, in] @ (int8 W [out, in] * scales [out])^T; on CPU in bf16, the kernel's fast path."""
+    """x [tokens, in] @ (int8 W [out, in] * scales [out])^T; on CPU in bf16, the kernel's fast path.
+
+    ``scales`` come from ``int8_kernel_scales``; the ``.to`` calls are no-ops when the dtypes match."""
     compute = torch.bfloat16 if flat.device.type == "cpu" else flat.dtype
     return torch.ops.aten._weight_int8pack_mm(flat.to(compute), weight_int8, scales.to(compute)).to(flat.dtype)
 

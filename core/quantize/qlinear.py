@@ -41,6 +41,7 @@ from core.quantize.kernels import (
     int4_kernel_state,
     int4_matmul,
     int8_dynamic_matmul,
+    int8_kernel_scales,
     int8_weight_only_matmul,
     kernel_unavailable,
 )
@@ -147,13 +148,15 @@ class QuantLinear(nn.Module):
     def use_kernel(self, kernel: str) -> None:
         """Switch what ``forward`` runs; raises SpecError (with the reason) when it cannot run here."""
         device = self.scales.device
-        reason = kernel_unavailable(kernel, self.scheme, self.in_features, device)
+        reason = kernel_unavailable(kernel, self.scheme, self.in_features, device, self.out_features)
         if reason:
             raise SpecError(f"kernel {kernel} cannot run this layer: {reason}")
         if self.kernel != "dequant":
             self.set_codes(self.codes())  # back to the stored form before preparing another kernel
         self.kernel = kernel
-        if kernel in ("int8_weight_only", "int8_dynamic"):
+        if kernel == "int8_weight_only":
+            self.kernel_scales = int8_kernel_scales(self.scales)
+        elif kernel == "int8_dynamic":
             self.kernel_scales = self.scales.float().squeeze(1)
         if kernel == "int4_weight_only":
             state = int4_kernel_state(self.codes(), self.scales.float(), self.zero_points())
