@@ -259,3 +259,13 @@ def remote_code_folder(path: Path) -> Path:
     }
     (path / "config.json").write_text(json.dumps(config, indent=2))
     return path
+
+
+def cli_exit(argv: list[str]) -> int:
+    """``squeezelab ARGV``'s exit code, in this process; argparse refusals leave through SystemExit, same code."""
+    from core.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code

@@ -8,26 +8,17 @@ import copy
 import pytest
 import torch
 
-from core.cli import EXIT_OK, main
+from core.cli import EXIT_OK
 from core.prune.structured import StructuredSpec
 from core.prune.structured.apply import prune_structured_
 from core.recipe import pipeline
 from core.recipe.recipe import Recipe
 from core.store import ResultStore
+from tests.helpers import cli_exit as call
+
+pytestmark = pytest.mark.usefixtures("results_env")
 
 
-@pytest.fixture(autouse=True)
-def results_env(tmp_path, monkeypatch):
-    results = tmp_path / "results"
-    monkeypatch.setenv("SQUEEZELAB_RESULTS_DIR", str(results))
-    return results
-
-
-def call(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return exc.code
 
 
 def test_a_recipes_structured_ranking_defaults_to_activation_norms():
