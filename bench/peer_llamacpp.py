@@ -37,37 +37,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import peer_venv  # noqa: E402
+
 LLAMACPP_PIN = "llama-cpp-python==0.3.36"
 PEER_NAME = "llamacpp"
-MARKER = "squeezelab-peer.json"
 # A CPU build tuned for this machine's instruction set; no GPU backends, no OpenMP surprises.
 CMAKE_ARGS = "-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAMA_CURL=OFF"
 
 
 def venv_dir() -> Path:
-    root = os.environ.get("SQUEEZELAB_BENCH_VENVS") or "~/.cache/squeezelab/bench-venvs"
-    return Path(root).expanduser() / PEER_NAME
+    """Where the peer venv lives (see ``bench/peer_venv.py``)."""
+    return peer_venv.venv_dir(PEER_NAME)
 
 
 def venv_python(path: Path | None = None) -> Path:
-    return (path or venv_dir()) / "bin" / "python"
+    return peer_venv.venv_python(path or venv_dir())
 
 
 def _pins() -> dict[str, str]:
     return {"llama-cpp-python": LLAMACPP_PIN, "cmake_args": CMAKE_ARGS}
 
 
-def _read_marker(path: Path) -> dict | None:
-    try:
-        return json.loads((path / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
 
 def ensure_venv(quiet: bool = False) -> Path:
     path = venv_dir()
-    marker = _read_marker(path)
-    if marker and marker.get("pins") == _pins() and venv_python(path).exists():
+    if peer_venv.is_built(path, _pins()):
         return path
     if not quiet:
         print(f"building the llama.cpp peer venv in {path} (compiles llama.cpp: ~15 minutes) ...",
@@ -89,7 +83,7 @@ def ensure_venv(quiet: bool = False) -> Path:
                           "{'llama-cpp-python': llama_cpp.__version__}))"], capture_output=True, text=True,
                          check=True)
     versions = json.loads(out.stdout.strip().splitlines()[-1])
-    (path / MARKER).write_text(json.dumps({"pins": _pins(), "versions": versions}, indent=2) + "\n")
+    peer_venv.write_marker(path, _pins(), versions)
     return path
 
 
@@ -295,7 +289,7 @@ def main() -> None:
     args = arguments()
     if args.ensure:
         path = ensure_venv()
-        print(json.dumps({"venv": str(path), **(_read_marker(path) or {}).get("versions", {})}))
+        print(json.dumps({"venv": str(path), **(peer_venv.read_marker(path) or {}).get("versions", {})}))
         return
     import torch
 

@@ -22,10 +22,13 @@ import tempfile
 import venv
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import peer_venv  # noqa: E402
+
 TORCH_PIN = "torch==2.13.0"  # first: a local CPU wheel here; a bare torch would pull a CUDA build
 LLMCOMPRESSOR_PIN = "llmcompressor==0.14.0.1"
 PEER_NAME = "llmcompressor"
-MARKER = "squeezelab-peer.json"
 JOB_SCRIPT = Path(__file__).resolve().parent / "peer_llmcompressor_job.py"
 DEFAULT_TIMEOUT_S = 30 * 60
 _VERSIONS_SNIPPET = (
@@ -37,25 +40,18 @@ _VERSIONS_SNIPPET = (
 
 
 def venv_dir() -> Path:
-    """Where the peer venv lives: ``$SQUEEZELAB_BENCH_VENVS/llmcompressor`` (default under ~/.cache)."""
-    root = os.environ.get("SQUEEZELAB_BENCH_VENVS") or "~/.cache/squeezelab/bench-venvs"
-    return Path(root).expanduser() / PEER_NAME
+    """Where the peer venv lives (see ``bench/peer_venv.py``)."""
+    return peer_venv.venv_dir(PEER_NAME)
 
 
 def venv_python(path: Path | None = None) -> Path:
     """The peer venv's interpreter."""
-    return (path or venv_dir()) / "bin" / "python"
+    return peer_venv.venv_python(path or venv_dir())
 
 
 def _pins() -> dict[str, str]:
     return {"torch": TORCH_PIN, "llmcompressor": LLMCOMPRESSOR_PIN}
 
-
-def _read_marker(path: Path) -> dict | None:
-    try:
-        return json.loads((path / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _pip(python: Path, args: list[str], log) -> None:
@@ -76,8 +72,7 @@ def ensure_venv(quiet: bool = False) -> Path:
     matches the pins is reused as is. pip's output goes to ``install.log`` in the venv folder.
     """
     path = venv_dir()
-    marker = _read_marker(path)
-    if marker and marker.get("pins") == _pins() and venv_python(path).exists():
+    if peer_venv.is_built(path, _pins()):
         return path
     if not quiet:
         print(f"building the llm-compressor peer venv in {path} (a few minutes) ...", file=sys.stderr, flush=True)
@@ -90,13 +85,13 @@ def ensure_venv(quiet: bool = False) -> Path:
         _pip(python, [LLMCOMPRESSOR_PIN, TORCH_PIN], log)
     out = subprocess.run([str(python), "-c", _VERSIONS_SNIPPET], capture_output=True, text=True, check=True)
     versions = json.loads(out.stdout.strip().splitlines()[-1])
-    (path / MARKER).write_text(json.dumps({"pins": _pins(), "versions": versions}, indent=2) + "\n")
+    peer_venv.write_marker(path, _pins(), versions)
     return path
 
 
 def installed_versions() -> dict[str, str] | None:
     """The versions recorded when the peer venv was built, or None when there is none yet."""
-    marker = _read_marker(venv_dir())
+    marker = peer_venv.read_marker(venv_dir())
     return marker.get("versions") if marker else None
 
 

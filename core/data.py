@@ -291,15 +291,38 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][0].long()
 
 
-def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
-    """Cut token ids into non-overlapping windows of ``seqlen`` (tail dropped): shape [n, seqlen]."""
+def added_bos(tokenizer) -> int | None:
+    """The beginning-of-sequence id the tokenizer puts before every text it encodes (Gemma's, Llama 2's),
+    or None when it adds none (GPT-2's, SmolLM2's): what the model saw first in training."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    first = tokenizer("a", verbose=False)["input_ids"]
+    return int(bos) if len(first) > 0 and int(first[0]) == int(bos) else None
+
+
+def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None, bos: int | None = None) -> torch.Tensor:
+    """Cut token ids into non-overlapping windows of ``seqlen`` (tail dropped): shape [n, seqlen].
+
+    With ``bos`` (a tokenizer that adds one, see ``added_bos``) every window is ``bos`` followed by the
+    next ``seqlen - 1`` tokens of the text (the text's own leading ``bos`` dropped): each window starts as
+    the model's inputs did in training, and its scored tokens (all but the first) are all text, as
+    llama.cpp's perplexity tool does per chunk."""
     if seqlen < 2:
         raise TextSourceError(f"seqlen must be at least 2 tokens, got {seqlen}")
-    count = ids.numel() // seqlen
+    if bos is not None:
+        body = ids[1:] if ids.numel() and int(ids[0]) == bos else ids
+        cut = _cut(body, seqlen - 1, max_windows, f"{seqlen - 1} after the <bos> token", body.numel() + 1)
+        return torch.cat([torch.full((cut.shape[0], 1), bos, dtype=cut.dtype), cut], dim=1)
+    return _cut(ids, seqlen, max_windows, str(seqlen), ids.numel())
+
+
+def _cut(ids: torch.Tensor, seqlen: int, max_windows: int | None, needed: str, longest: int) -> torch.Tensor:
+    count = ids.numel() // seqlen if seqlen > 0 else 0
     if count == 0:
         raise TextSourceError(
-            f"the text has {ids.numel()} tokens but one window needs at least {seqlen}; "
-            f"use a longer text or a smaller --seqlen (at most {max(ids.numel(), 2)})"
+            f"the text has {ids.numel()} tokens but one window needs at least {needed}; "
+            f"use a longer text or a smaller --seqlen (at most {max(longest, 2)})"
         )
     if max_windows is not None:
         if max_windows < 1:
@@ -308,8 +331,15 @@ def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> t
     return ids[: count * seqlen].view(count, seqlen)
 
 
-def calibration_batches(ids: torch.Tensor, samples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
-    """``samples`` random windows of ``seqlen`` tokens (seeded, as GPTQ draws them): [samples, seqlen]."""
+def calibration_batches(ids: torch.Tensor, samples: int, seqlen: int, seed: int = 0,
+                        bos: int | None = None) -> torch.Tensor:
+    """``samples`` random windows of ``seqlen`` tokens (seeded, as GPTQ draws them): [samples, seqlen].
+
+    With ``bos`` (a tokenizer that adds one) each window is ``bos`` and ``seqlen - 1`` drawn tokens, so the
+    activations calibrated on are those of inputs that start as the model's always do."""
+    if bos is not None and seqlen > 1:
+        drawn = calibration_batches(ids[1:] if ids.numel() and int(ids[0]) == bos else ids, samples, seqlen - 1, seed)
+        return torch.cat([torch.full((samples, 1), bos, dtype=drawn.dtype), drawn], dim=1)
     if samples < 1:
         raise TextSourceError(f"calibration needs at least 1 sample, got {samples}")
     if ids.numel() <= seqlen:

@@ -51,7 +51,7 @@ class StepContext:
         """``samples`` random windows of ``seqlen`` tokens of the calibration text (tokenized once)."""
         text = data.load_text(self.calibration_text, default=self.default_text)
         ids = data.tokenize(self.tokenizer, text.text)
-        return data.calibration_batches(ids, self.samples, self.seqlen, self.seed)
+        return data.calibration_batches(ids, self.samples, self.seqlen, self.seed, bos=data.added_bos(self.tokenizer))
 
 
 class StepSpec(Protocol):

@@ -15,7 +15,7 @@ METHODS = {
 }
 PATTERNS = {"unstructured": "unstructured", "2:4": "2:4 (keep 2 of every 4)", "4:8": "4:8 (keep 4 of every 8)"}
 TARGETS = {"mlp_channels": "MLP channels", "heads": "attention heads (KV groups)", "layers": "decoder blocks"}
-IMPORTANCE = {"weight_norm": "weight norms (no data)", "activation_norm": "activation norms (calibration)"}
+IMPORTANCE = {"activation_norm": "activation norms (calibration)", "weight_norm": "weight norms (no data)"}
 SESSION = forms.SESSION
 
 selection = state.selection()
@@ -57,6 +57,9 @@ def amount_params(method: str) -> dict:
         importance = st.selectbox("Rank units by", list(IMPORTANCE), format_func=IMPORTANCE.get,
                                   key="prune_importance", **SESSION)
         params = {"target": target, "fraction": round(fraction, 4), "importance": importance}
+        risk = StructuredSpec(target, params["fraction"], importance).known_risk
+        if risk:
+            st.warning(risk[0].upper() + risk[1:] + ".")
         total, units = modelinfo.structured_units(loaded.model, target)
         if total and total > 1:
             st.caption(f"Removes {removal_count(fraction, total)} of {total} {units}"

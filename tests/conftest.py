@@ -45,3 +45,11 @@ def tiny() -> dict[str, torch.nn.Module]:
     """One tiny random model per family, in memory, shared read-only (tests compress copies)."""
     tokenizer = tiny_tokenizer()
     return {family: tiny_causal_lm(family, tokenizer) for family in CAUSAL_FAMILIES}
+
+
+@pytest.fixture
+def results_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep every store a test opens (with or without --results-dir) under tmp_path (modules opt in)."""
+    results = tmp_path / "results"
+    monkeypatch.setenv("SQUEEZELAB_RESULTS_DIR", str(results))
+    return results

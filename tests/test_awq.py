@@ -18,7 +18,7 @@ from core.quantize.awq import rescale_statistics_, scaled_error, search_scales, 
 from core.quantize.fold import block_groups, fold_, share_over_heads
 from core.quantize.scheme import QuantScheme, fake_quantize
 from core.quantize.spec import QuantizeSpec
-from tests.helpers import tiny_tokenizer
+from tests.helpers import tiny_causal_lm, tiny_tokenizer
 from tests.test_layout import reachable
 
 
@@ -130,12 +130,15 @@ def test_awq_quantizes_a_model_and_beats_rtn_on_the_calibration_loss(tiny):
 def test_awq_is_refused_without_calibration_or_on_blocks_it_cannot_fold(tiny):
     with pytest.raises(SpecError, match="awq needs calibration"):
         quantize_(copy.deepcopy(tiny["llama"]), QuantizeSpec(method="awq"))
-    with pytest.raises(SpecError, match="Llama-style"):
-        quantize_(copy.deepcopy(tiny["gpt2"]), QuantizeSpec(method="awq", group_size=16), calibration_ids())
-    meta = meta_model(tiny["gpt2"].config)  # the checks before loading refuse it the same way
-    with pytest.raises(SpecError, match="Llama-style"):
+    # OPT-350m normalizes after each sub-block: no norm before q/k/v or fc1 to fold the scales into
+    post_norm = tiny_causal_lm("opt", do_layer_norm_before=False)
+    with pytest.raises(SpecError, match="do_layer_norm_before"):
+        quantize_(post_norm, QuantizeSpec(method="awq", group_size=16), calibration_ids())
+    meta = meta_model(post_norm.config)  # the checks before loading refuse it the same way
+    with pytest.raises(SpecError, match="do_layer_norm_before"):
         quantize_planned_(meta, QuantizeSpec(method="awq", group_size=16))
     quantize_planned_(meta_model(tiny["llama"].config), QuantizeSpec(method="awq", group_size=16))
+    quantize_planned_(meta_model(tiny["gpt2"].config), QuantizeSpec(method="awq", group_size=16))
 
 
 def test_the_spec_labels_and_needs_calibration():

@@ -24,10 +24,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.cli import EXIT_BAD_INPUT, main
+from core.cli import EXIT_BAD_INPUT
 from core.errors import TextSourceError
 from core.models.source import SAMPLES_DIR
 from core.store import ResultStore
+from tests.helpers import cli_exit as call
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEACHER = SAMPLES_DIR / "teacher"
@@ -462,11 +463,6 @@ def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def call(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:  # argparse's refusals
-        return exc.code
 
 
 def tree(root: Path) -> dict[str, tuple[str, int]]:

@@ -14,26 +14,16 @@ import pytest
 import yaml
 
 import core.recipe.pipeline
-from core.cli import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, main
+from core.cli import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK
 from core.store import RESULT_FIELDS, ResultStore
+from tests.helpers import cli_exit as call
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def results_env(tmp_path, monkeypatch) -> Path:
-    """Keep every store this module opens (with or without --results-dir) under tmp_path."""
-    results = tmp_path / "results"
-    monkeypatch.setenv("SQUEEZELAB_RESULTS_DIR", str(results))
-    return results
+pytestmark = pytest.mark.usefixtures("results_env")
 
 
-def call(argv: list[str]) -> int:
-    """``main(argv)``'s exit code; argparse refusals leave through SystemExit, which is the same code."""
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return exc.code
 
 
 def eval_args(model: str, text: Path | str, results: Path, *extra: str) -> list[str]:

@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 
-from core.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from core.cli import EXIT_BAD_INPUT, EXIT_OK
 from core.errors import SpecError
 from core.generate import generate, generate_stream, load_for_generation
 from core.models import load
 from core.store import ResultStore
+from tests.helpers import cli_exit as call
 
 PROMPT = "def read_config(path):\n"
 
@@ -22,18 +23,9 @@ def teacher():
     return load("sample:teacher", device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def results_env(tmp_path, monkeypatch):
-    results = tmp_path / "results"
-    monkeypatch.setenv("SQUEEZELAB_RESULTS_DIR", str(results))
-    return results
+pytestmark = pytest.mark.usefixtures("results_env")
 
 
-def call(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return exc.code
 
 
 def test_greedy_text_is_what_transformers_greedy_search_writes(teacher):

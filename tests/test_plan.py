@@ -51,8 +51,10 @@ def safetensors_data_bytes(path: Path) -> int:
     return path.stat().st_size - 8 - header
 
 
-def export_hf(model: torch.nn.Module, folder: Path) -> Path:
-    export_model(model, tiny_tokenizer(), ExportSpec(format="hf", check_windows=1), ids(1), out=folder)
+def export_hf(model: torch.nn.Module, folder: Path, dtype: str = "fp32") -> Path:
+    """The export's weights file; the size model counts floats in the model's dtype (fp32 here), which a
+    quantized model's default export narrows to fp16."""
+    export_model(model, tiny_tokenizer(), ExportSpec(format="hf", check_windows=1, dtype=dtype), ids(1), out=folder)
     return folder / "squeezelab.safetensors"
 
 
@@ -76,6 +78,9 @@ def test_the_quantized_size_model_matches_the_bytes_in_memory_and_in_the_artifac
     quantize_(model, spec)
     assert measure_size(model).size_bytes == expected
     assert safetensors_data_bytes(export_hf(model, tmp_path / "q")) == expected
+    narrowed = safetensors_data_bytes(export_hf(model, tmp_path / "default", "auto"))  # fp32 tensors in 16 bits
+    float32_elements = sum(t.numel() for t in model.state_dict().values() if t.dtype == torch.float32)
+    assert expected - narrowed == 2 * float32_elements > 0
 
 
 def test_the_pruned_size_model_matches_the_sparse_artifact(tiny, tmp_path):

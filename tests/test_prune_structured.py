@@ -7,6 +7,8 @@ the outputs unchanged, which checks that the surgery cuts the right rows and col
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Config
@@ -87,7 +89,10 @@ def _assert_cache_consistent(model, ids: torch.Tensor) -> None:
         uncached = model.generate(prompt, use_cache=False, **kwargs)
         assert torch.equal(cached, uncached)
         out = model(input_ids=ids[:1, :8], use_cache=True)
-        step = model(input_ids=ids[:1, 8:10], past_key_values=out.past_key_values, use_cache=True)
+        # the cache keyword transformers names now (``past_key_values`` goes in 5.40); older families keep theirs
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        step = model(input_ids=ids[:1, 8:10], use_cache=True, **{name: cache})
     torch.testing.assert_close(step.logits, _logits(model, ids[:1, :10])[:, 8:10], rtol=1e-5, atol=1e-5)
 
 

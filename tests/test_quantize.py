@@ -33,7 +33,7 @@ from core.quantize import (
 )
 from core.quantize.kernels import FBGEMM_SAFE_RADIUS, kernel_unavailable
 from core.quantize.qlinear import QuantLinear
-from tests.helpers import CAUSAL_FAMILIES
+from tests.helpers import CAUSAL_FAMILIES, tiny_causal_lm
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -432,3 +432,23 @@ def test_labels_name_lm_head_overrides_and_smoothing():
     assert mixed.label == "rtn w4 g32 sym overrides [*.self_attn.* w8 per-channel; model.layers.0.* skip]"
     assert QuantizeSpec("int8_dynamic").label == "int8 dynamic (w8a8 per-token) smooth 0.5"
     assert QuantizeSpec("int8_dynamic", smooth=0).label == "int8 dynamic (w8a8 per-token) no smoothing"
+
+
+def test_group_size_hints_are_valid_for_every_layer_the_step_quantizes():
+    """Widths 2560 and 6912 (a 2560-wide model with a 6912-wide MLP): 256 fails on down_proj; the hint must not
+    offer a size (160, 768, ...) that the other layers refuse in turn."""
+    from core.quantize.scheme import QuantScheme, group_sizes_near
+
+    assert group_sizes_near(256, (2560, 6912)) == [64, 128, 256] and 6912 % 256 == 0 and 2560 % 256 == 0
+    assert group_sizes_near(160, (2560, 6912)) == [64, 128, 256]
+    for size in group_sizes_near(96, (2560, 6944)):
+        assert 2560 % size == 0 and 6944 % size == 0
+    assert group_sizes_near(64, (30, 45)) == [3, 5, 15]  # no multiple of 8 divides both
+    with pytest.raises(SpecError, match="valid sizes near it: 64, 128, 256, each dividing every layer"):
+        QuantScheme(bits=4, group_size=160).check_columns(6912, "mlp.down_proj", (2560, 6912))
+    model = tiny_causal_lm("llama")  # widths 32 (q/k/v/o, gate/up) and 64 (down_proj)
+    with pytest.raises(SpecError, match=r"valid sizes near it: (\d+, )*\d+, each dividing every layer") as refused:
+        plan_layers(model, QuantizeSpec("rtn", group_size=48))
+    hinted = [int(n) for n in refused.value.args[0].split("near it: ")[1].split(",")[:3] if n.strip().isdigit()]
+    for size in hinted:
+        plan_layers(model, QuantizeSpec("rtn", group_size=size))  # every hint is accepted by every layer

@@ -2,10 +2,12 @@
 
 A sensitivity atlas changes one layer at a time and scores the model's output; everything before that
 layer's block is unchanged, so its output is computed once (the walk's ``BlockInput``) and each score
-runs only the blocks from there on, then the model's own final norm and head. The earlier blocks are
-left out of the block list for the call, and a forward pre-hook on block ``index`` puts the stored
-hidden states in place of what the embedding gives it; the model's own code still makes the masks and
-position embeddings, so they are what a full forward would use.
+runs only the blocks from there on, then the model's own final norm and head. The earlier blocks pass
+their input through without computing (``core.calibration.walk.skipping``), and a forward pre-hook on
+block ``index`` puts the stored hidden states in place of what it would get; the model's own code still
+makes every block's mask and position embeddings, in its own order, so each block gets what a full
+forward gives it (models that pick a block's mask by its position in the list, as Gemma-2/3 and Qwen2
+do, included).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.calibration.walk import skipping
 from core.layers import decoder_blocks, model_device
 
 
@@ -20,9 +23,7 @@ from core.layers import decoder_blocks, model_device
 def logits_from_block(model: nn.Module, index: int, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Logits [batch, seq, vocab] of ``ids`` [batch, seq] with ``hidden`` [batch, seq, width] entering block
     ``index`` (blocks before it are not run). The model is left as it was, whatever happens."""
-    name, blocks = decoder_blocks(model)
-    parent_name, _, attribute = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
+    _, blocks = decoder_blocks(model)
     device = model_device(model)
     hidden = hidden.to(device)
 
@@ -32,9 +33,8 @@ def logits_from_block(model: nn.Module, index: int, hidden: torch.Tensor, ids: t
         return args, {**kwargs, "hidden_states": hidden}
 
     handle = blocks[index].register_forward_pre_hook(substitute, with_kwargs=True)
-    setattr(parent, attribute, nn.ModuleList(list(blocks)[index:]))
     try:
-        return model(input_ids=ids.to(device), use_cache=False).logits
+        with skipping(list(blocks)[:index]):
+            return model(input_ids=ids.to(device), use_cache=False).logits
     finally:
-        setattr(parent, attribute, blocks)
         handle.remove()

@@ -10,15 +10,18 @@ They are gathered block by block, as the SparseGPT and GPTQ papers do:
 4. the block, now compressed, is re-run on the same inputs to give the next block its inputs.
 
 So every block is calibrated on activations that already went through the compressed earlier
-blocks, and only one block's inputs are held in memory. The keyword arguments a block receives
-(attention mask, position embeddings, ...) are captured at the first block and passed unchanged to
-every block; models whose blocks get different masks (mixed sliding/full attention) are outside
-what this walk reproduces.
+blocks, and only one block's inputs are held in memory. The other arguments a block receives
+(attention mask, position embeddings, ...) are captured for every block separately: Gemma-2/3 and
+Qwen2 mix sliding-window and full-attention blocks, with different masks and (Gemma-3) different
+RoPE bases, so block 3 must not be replayed with block 0's. They are captured in one cheap pass per
+sample in which every block's own computation is skipped (``skipping``): the model's code still
+builds each block's mask and position embeddings, and each block's pre-hook records what it got.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -39,20 +42,62 @@ PrepareFn = Callable[[int, list, dict], None]
 
 @dataclass(frozen=True)
 class BlockInput:
-    """One calibration sample as a decoder block receives it: hidden states [1, seq, hidden] and the rest."""
+    """One calibration sample as decoder block ``index`` receives it: hidden states [1, seq, hidden], and for
+    every block the other arguments a full forward passes it (``calls[i]`` = (positional args, kwargs))."""
 
     hidden: torch.Tensor
-    args: tuple
-    kwargs: dict
+    calls: tuple[tuple[tuple, dict], ...]
+    index: int = 0
+
+    @property
+    def args(self) -> tuple:
+        return self.calls[self.index][0]
+
+    @property
+    def kwargs(self) -> dict:
+        return self.calls[self.index][1]
 
     def run(self, block: nn.Module) -> torch.Tensor:
-        """The block's output hidden states for this sample (the first element of a tuple output)."""
+        """The output hidden states of ``block`` (block ``index``) for this sample (a tuple output's first part)."""
         out = block(self.hidden, *self.args, **self.kwargs)
         return out[0] if isinstance(out, tuple | list) else out
+
+    def advance(self, block: nn.Module) -> BlockInput:
+        """This sample as the next block receives it, after ``block`` (block ``index``) ran on it."""
+        return replace(self, hidden=self.run(block), index=min(self.index + 1, len(self.calls) - 1))
 
 
 class StopForward(Exception):
     """Raised by a hook: nothing after this point of the forward needs to run."""
+
+
+class _Skipped(tuple):
+    """What a skipped block returns: ``(hidden,)``. A model that takes ``block(...)[0]`` (Falcon) gets the
+    hidden states back; one that takes the whole output hands the tuple to the next block, which, skipped
+    too, passes it on unchanged. Whoever stops skipping (a pre-hook) puts real hidden states in its place."""
+
+
+def _pass_through(hidden_states: torch.Tensor | _Skipped, *args, **kwargs) -> _Skipped:
+    return hidden_states if isinstance(hidden_states, _Skipped) else _Skipped((hidden_states,))
+
+
+@contextlib.contextmanager
+def skipping(blocks: Sequence[nn.Module]) -> Iterator[None]:
+    """Inside the block, calling any of ``blocks`` returns its hidden-state input unchanged (their forward
+    hooks still run): the model's own code still computes what every block receives, at no block's cost.
+    The model must not use what the skipped blocks return (see ``_Skipped``): a pre-hook on the first block
+    that runs replaces it, or raises ``StopForward``."""
+    saved = [(block, block.__dict__.get("forward")) for block in blocks]
+    for block in blocks:
+        block.forward = _pass_through
+    try:
+        yield
+    finally:
+        for block, forward in saved:
+            if forward is None:
+                del block.forward
+            else:
+                block.forward = forward
 
 
 def check_calibration(calibration: torch.Tensor) -> torch.Tensor:
@@ -66,26 +111,38 @@ def check_calibration(calibration: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def capture_block_inputs(model: nn.Module, calibration: torch.Tensor) -> list[BlockInput]:
-    """Run the model on each sample of ``calibration`` [n, seqlen]; keep what the first block receives."""
+    """Run the model on each sample of ``calibration`` [n, seqlen]; keep what the first block receives, and
+    the other arguments every block receives (their computation skipped: see the module docstring)."""
     _, blocks = decoder_blocks(model)
     captured: list[BlockInput] = []
+    hidden: list[torch.Tensor] = []
+    calls: list[tuple[tuple, dict]] = []
 
-    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def hook(index: int, args: tuple, kwargs: dict) -> None:
         kwargs = dict(kwargs)
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append(BlockInput(hidden.detach(), tuple(args[1:]), kwargs))
-        raise StopForward
+        given = args[0] if args else kwargs.pop("hidden_states")
+        if index == 0:
+            hidden.append(given.detach())
+        calls.append((tuple(args[1:]), kwargs))
+        if index == len(blocks) - 1:
+            raise StopForward
 
     device = model_device(model)
-    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [block.register_forward_pre_hook(lambda _m, args, kwargs, i=i: hook(i, args, kwargs), with_kwargs=True)
+               for i, block in enumerate(blocks)]
     try:
-        for sample in check_calibration(calibration):
-            try:
-                model(input_ids=sample.unsqueeze(0).to(device), use_cache=False)
-            except StopForward:
-                pass
+        with skipping(blocks):
+            for sample in check_calibration(calibration):
+                hidden.clear()
+                calls.clear()
+                try:
+                    model(input_ids=sample.unsqueeze(0).to(device), use_cache=False)
+                except StopForward:
+                    pass
+                captured.append(BlockInput(hidden[0], tuple(calls)))
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return captured
 
 
@@ -199,7 +256,7 @@ def sequential_walk(
                 results.append(solve(name, module, stats.pop(name, None)))
                 report(on_progress, f"{stage}: {name}", len(results) / total)
             if inputs and index < last:
-                inputs = [replace(item, hidden=item.run(block)) for item in inputs]
+                inputs = [item.advance(block) for item in inputs]
     finally:
         model.train(was_training)
     return results

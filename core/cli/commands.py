@@ -68,6 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_recipe(recipe, args: argparse.Namespace) -> int:
+    for risk in pipeline.known_risks(recipe):  # before anything runs: a setting known to collapse a model
+        print(f"warning: {risk}", file=sys.stderr, flush=True)
     row = pipeline.run(recipe, ResultStore(args.results_dir), on_progress=progress_printer(not args.json))
     print_row(row, args.json)
     return EXIT_OK
@@ -166,7 +168,9 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(f"no results yet in {store.root}")
     for row in rows:
         ppl = f"{row.perplexity:.3f}" if row.perplexity is not None else "-"
-        print(f"{row.id}  {row.status:<9}  ppl {ppl:>9}  {row.model}" + (f"  ({row.error})" if row.error else ""))
+        method = (row.details or {}).get("method")  # what the steps did, e.g. 'wanda 50%' (rows that finished)
+        print(f"{row.id}  {row.status:<9}  ppl {ppl:>9}  {row.model}" + (f"  {method}" if method else "")
+              + (f"  ({row.error})" if row.error else ""))
     return EXIT_OK
 
 

@@ -81,7 +81,7 @@ def _add_export_parser(commands) -> None:  # noqa: ANN001
     ex.add_argument("--sparse", default="auto", choices=["auto", "always", "never"],
                     help="hf: store pruned weights as bitmask + values (auto: where that is smaller)")
     ex.add_argument("--dtype", default="auto", choices=list(EXPORT_DTYPES),
-                    help="hf / compressed-tensors: float tensors' dtype (auto: the model's; ct: fp16 if quantized)")
+                    help="hf / compressed-tensors: float tensors' dtype (auto: the model's; fp16 if quantized)")
     ex.add_argument("--zip", action="store_true", help="also write OUT.zip")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
     ex.add_argument("--check-windows", type=int, default=8, help="windows scored before export and after reload")

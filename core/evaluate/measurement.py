@@ -14,7 +14,7 @@ import transformers
 
 from core import data
 from core.evaluate.latency import LatencyMetrics, measure_latency
-from core.evaluate.quality import QualityMetrics, evaluate_quality
+from core.evaluate.quality import QualityMetrics, evaluate_quality, unigram_perplexity
 from core.evaluate.size import SizeMetrics, measure_size
 from core.evaluate.spec import EvalSpec
 from core.models.source import LoadedModel
@@ -31,6 +31,8 @@ class Measurement:
     latency: LatencyMetrics | None
     text: str
     windows: torch.Tensor | None = None  # the evaluation windows [n, seqlen] (an export re-scores some of them)
+    bos: int | None = None  # the token every window starts with (the tokenizer adds it), or None
+    unigram_perplexity: float | None = None  # of the scored tokens' own frequencies: a context-free baseline
 
     def row_fields(self) -> dict:
         latency = self.latency
@@ -57,6 +59,10 @@ class Measurement:
             "seqlen": self.quality.seqlen,
             "windows": self.quality.windows,
             "tokens_scored": self.quality.tokens_scored,
+            "bos_first": self.bos is not None,
+            "protocol": window_protocol(self.quality.windows, self.quality.seqlen, self.bos),
+            "unigram_perplexity": self.unigram_perplexity,
+            "warnings": plausibility_warnings(self.quality.perplexity, self.unigram_perplexity, self.bos),
             **self.uncertainty(),
             "latency": self.latency.as_dict() if self.latency else None,
             "threads": torch.get_num_threads(),
@@ -84,10 +90,36 @@ class Measurement:
 
 
 def eval_windows(loaded: LoadedModel, spec: EvalSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """(all token ids of the evaluation text, the windows scored) for a model and spec."""
+    """(all token ids of the evaluation text, the windows scored) for a model and spec: each window starts
+    with the tokenizer's BOS when it adds one (``data.windows``)."""
     text = data.load_text(spec.text, default=loaded.source.default_text)
     ids = data.tokenize(loaded.tokenizer, text.text)
-    return ids, data.windows(ids, spec.resolved_seqlen(loaded.context_length), spec.max_windows)
+    bos = data.added_bos(loaded.tokenizer)
+    return ids, data.windows(ids, spec.resolved_seqlen(loaded.context_length), spec.max_windows, bos=bos)
+
+
+def window_protocol(windows: int, seqlen: int, bos: int | None) -> str:
+    """How the windows were scored, in words (a result names its protocol)."""
+    if bos is None:
+        return (f"{windows} non-overlapping windows of {seqlen} text tokens, {seqlen - 1} scored each "
+                "(the tokenizer adds no BOS)")
+    return (f"{windows} non-overlapping windows of <bos> + {seqlen - 1} text tokens, all {seqlen - 1} scored "
+            "(the tokenizer adds a BOS, as in training)")
+
+
+def plausibility_warnings(perplexity: float, unigram: float | None, bos: int | None) -> list[str]:
+    """A warning when the perplexity is above the text's unigram perplexity: a model that ignored every token of
+    context and only knew the text's token frequencies would score better, which no working model does."""
+    if unigram is None or perplexity <= unigram:  # a NaN perplexity fails the comparison: warned too
+        return []
+    bos_cause = ("" if bos is not None else
+                 "a model that needs a BOS token first that its tokenizer does not add (set the tokenizer's "
+                 "add_bos_token), ")
+    return [f"perplexity {perplexity:,.2f} is above {unigram:,.2f}, the perplexity of this text's own token "
+            "frequencies (what a model ignoring all context would score): implausible for a working model. Likely "
+            f"causes: {bos_cause}weights damaged by a compression step (an embedding's scale lost, a scale folded "
+            "into the wrong norm), a tokenizer that is not the model's, a dtype that overflows (float16 on a "
+            "bfloat16-trained model), or a text far from the model's training"]
 
 
 def measure(
@@ -100,6 +132,7 @@ def measure(
 ) -> Measurement:
     """Quality on the spec's windows (agreement with ``base`` if given), size, and latency (paired with ``base``)."""
     ids, windows = eval_windows(loaded, spec)
+    bos = data.added_bos(loaded.tokenizer)
     quality = evaluate_quality(model, windows, base=base, on_progress=on_progress, cancel=cancel)
     latency = None
     if spec.latency:
@@ -109,7 +142,8 @@ def measure(
         # the base (when comparing) is timed in the same runs, in turns with the model: a paired speed ratio
         latency = measure_latency(model, ids[:prompt_tokens], new_tokens, runs=spec.latency_runs, cancel=cancel,
                                   base=base, compile=spec.compile)
-    return Measurement(quality, measure_size(model), latency, spec.text, windows)
+    unigram = unigram_perplexity(ids, windows, max(len(loaded.tokenizer), int(ids.max()) + 1))
+    return Measurement(quality, measure_size(model), latency, spec.text, windows, bos, unigram)
 
 
 def fit_to_context(prompt_tokens: int, new_tokens: int, context_length: int) -> tuple[int, int]:

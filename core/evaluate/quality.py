@@ -3,8 +3,10 @@
 Perplexity follows the GPTQ / SparseGPT / Wanda protocol: the text tokenized once, cut into
 non-overlapping windows of ``seqlen`` (tail dropped), ``exp(mean NLL)`` over every predicted
 token of every window. Each window is scored on its own (no context carried across windows).
-Each window's summed NLL is kept too: the windows are the units of the perplexity's 95% interval
-and of the paired comparison with a base model (``core.evaluate.intervals``).
+When the tokenizer adds a BOS token, every window starts with it (``core.data.windows``) and the
+scored tokens are the text's that follow. Each window's summed NLL is kept too: the windows are the
+units of the perplexity's 95% interval and of the paired comparison with a base model
+(``core.evaluate.intervals``).
 """
 
 from __future__ import annotations
@@ -151,3 +153,15 @@ def evaluate_quality(
         window_tokens=(int(windows.shape[1]) - 1,) * int(windows.shape[0]),
         base_window_nll=tuple(base_window_nll) if base is not None else None,
     )
+
+
+def unigram_perplexity(ids: torch.Tensor, windows: torch.Tensor, vocab_size: int) -> float:
+    """Perplexity of the scored tokens (every window but its first position) under a unigram model of the whole
+    text ``ids``, held out (each scored occurrence left out of its own count) and add-one smoothed over the
+    vocabulary: ``p(t) = c_t / (N - 1 + V)``. A model that ignored all context would score about this; a
+    working language model scores well below it. Leaving the token out keeps a short text honest: in-sample
+    frequencies would reward every token seen once with probability 1/N."""
+    counts = torch.bincount(ids.reshape(-1).long(), minlength=vocab_size).double()
+    targets = windows[:, 1:].reshape(-1).long()
+    log_p = (counts[targets].clamp(min=1.0) / (ids.numel() - 1 + counts.numel())).log()
+    return math.exp(float(-log_p.mean()))

@@ -27,7 +27,7 @@ def plus_minus(perplexity: float, low: float | None, high: float | None, digits:
 def interval_text(low: float | None, high: float | None, details: dict, digits: int = 2) -> str:
     """'95% CI 40.10–42.40, 64 windows x 512 tokens' (or why there is no interval)."""
     windows, seqlen = details.get("windows"), details.get("seqlen")
-    protocol = f"{windows} windows x {seqlen} tokens"
+    protocol = f"{windows} windows x {seqlen} tokens" + (", <bos> first" if details.get("bos_first") else "")
     if _finite(low) and _finite(high):
         return f"95% CI {low:.{digits}f}–{high:.{digits}f}, {protocol}"
     if windows == 1:
@@ -117,8 +117,9 @@ def loop_notes(latency: dict) -> list[str]:
 
 
 def notes(details: dict) -> list[str]:
-    """What a reader must know about the figures: a rough or missing interval, a busy machine while timing."""
+    """What a reader must know about the figures: an implausible perplexity, a rough or missing interval, a busy
+    machine while timing."""
     details = details or {}
     found = list((details.get("perplexity_interval") or {}).get("notes") or [])
     busy = (details.get("latency") or {}).get("busy_note")
-    return found + ([busy] if busy else [])
+    return list(details.get("warnings") or []) + found + ([busy] if busy else [])

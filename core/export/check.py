@@ -22,7 +22,7 @@ from core.export.spec import ExportSpec
 from core.models.exported import reload_artifact
 from core.models.loading import clone
 from core.progress import CancelFn, ProgressFn, report
-from core.quantize.qembedding import TiedQuantEmbedding
+from core.quantize.qembedding import ScaledEmbedding, TiedQuantEmbedding
 from core.quantize.qlinear import QuantLinear
 
 _CHECK_TEXT = ("The quick brown fox jumps over the lazy dog. def main():\n    return [x ** 2 for x in range(10)]\n"
@@ -59,7 +59,7 @@ def _reference_model(model: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.M
         module = reference.get_submodule(module_name)
         value = value.to(dtype)
         if isinstance(module, TiedQuantEmbedding):  # the embedding and the tied head both read these values
-            embedding = nn.Embedding.from_pretrained(value, freeze=True, padding_idx=module.padding_idx)
+            embedding = ScaledEmbedding(value, module.padding_idx, module.embed_scale)
             head = nn.Linear(value.shape[1], value.shape[0], bias=False)
             head.weight = embedding.weight
             reference.set_input_embeddings(embedding)

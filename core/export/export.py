@@ -6,7 +6,8 @@ Formats (``ExportSpec.format``):
                            with ``AutoModelForCausalLM.from_pretrained``; quantized or sparse ones keep SqueezeLab's
                            stored form (``core.export.hf``) and load with ``core.models.exported.load_exported``.
 * ``compressed-tensors`` - llm-compressor's format, loaded by transformers and vLLM (``core.export.ct``).
-* ``gguf``               - one ``.gguf`` file for llama.cpp / ollama, Llama-family models (``core.export.gguf``).
+* ``gguf``               - one ``.gguf`` file for llama.cpp / ollama: Llama, Mistral, Qwen2/3, Gemma-2/3, Phi-3
+                           (``core.export.gguf``).
 
 Every export is written into a hidden, marked scratch folder beside the target, reloaded from there the way a
 user would load it, re-evaluated on a few windows and compared with the model in memory; only then is it moved
@@ -61,9 +62,13 @@ def _export_dtype(spec: ExportSpec, model: nn.Module) -> torch.dtype:
     if spec.dtype != "auto":
         return DTYPES[spec.dtype]
     quantized = any(isinstance(m, QuantLinear) for m in model.modules())
-    if spec.format == "compressed-tensors" and quantized:
-        return torch.float16  # the scales SqueezeLab stores are fp16; llm-compressor's checkpoints are 16-bit too
-    return next(model.parameters()).dtype
+    float_dtype = next(model.parameters()).dtype
+    if quantized and float_dtype == torch.float32:
+        # What stays unquantized (embedding, norms, an unquantized lm_head) in 16 bits, as the GGUF writer does:
+        # in fp32 a large vocabulary's embedding alone can outweigh the packed layers (dtype: fp32 keeps it).
+        # The scales SqueezeLab stores are fp16; llm-compressor's checkpoints are 16-bit too.
+        return torch.float16
+    return float_dtype
 
 
 def precheck(model: nn.Module, tokenizer, spec: ExportSpec) -> None:
@@ -89,8 +94,9 @@ def writable_formats(model: nn.Module, tokenizer) -> dict[str, str | None]:
 
 def _write(model: nn.Module, tokenizer, spec: ExportSpec, folder: Path, cancel) -> WriteReport:
     dtype = _export_dtype(spec, model)
-    if spec.format == "hf":
-        return write_hf(model, tokenizer, folder, dtype, spec.sparse, cancel)
+    if spec.format == "hf":  # narrowed by default (auto), the config keeps the dtype the model runs in
+        config_dtype = next(model.parameters()).dtype if spec.dtype == "auto" else dtype
+        return write_hf(model, tokenizer, folder, dtype, spec.sparse, cancel, config_dtype)
     if spec.format == "compressed-tensors":
         return write_ct(model, tokenizer, folder, dtype, cancel)
     return write_gguf(model, tokenizer, folder, spec.gguf_type, spec.requantize, cancel)

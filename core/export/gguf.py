@@ -1,4 +1,4 @@
-"""GGUF for llama.cpp / ollama, written with the ``gguf`` package; Llama-family models.
+"""GGUF for llama.cpp / ollama, written with the ``gguf`` package: Llama, Mistral, Qwen2/3, Gemma-2/3, Phi-3.
 
 Block types, 32 weights per block, each with an fp16 scale ``d``:
   Q8_0  x = d * q,  q int8            Q4_0  x = d * (q - 8), q 0..15
@@ -13,9 +13,9 @@ says ``requantize: true``; then it is re-rounded from its dequantized weights by
 quantizer, as float weights always are when a block type is asked for. Embedding and output matrices
 may stay at a higher precision than asked (as llama.cpp's own files keep them).
 
-Layout as llama.cpp's ``convert_hf_to_gguf.py`` writes it: tensor names from gguf's name map, the
-rows of q/k projections permuted for its rotary layout (transformers' GGUF loader undoes that), norms
-in F32, no ``output.weight`` when the embedding is tied.
+Layout as llama.cpp's ``convert_hf_to_gguf.py`` writes it: tensor names from gguf's name map for the
+family's architecture, each family's conventions (``core.export.gguf_arch``: Llama's permuted q/k rows,
+Gemma's ``1 + w`` norms), norms in F32, no ``output.weight`` when the embedding is tied.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from core.errors import CancelledError, SpecError
+from core.export.gguf_arch import gguf_facts, tensor_name_map, transform, write_config
 from core.export.gguf_vocab import vocab_for, write_vocab
 from core.export.hf import WriteReport
 from core.quantize.qembedding import TiedQuantEmbedding
@@ -36,7 +37,6 @@ from core.quantize.qlinear import QuantLinear
 from core.quantize.scheme import QuantScheme
 
 BLOCK_TYPES = ("Q4_0", "Q4_1", "Q8_0")  # smallest first
-ARCHITECTURES = {"llama": "llama"}  # transformers model_type -> llama.cpp architecture
 BLOCK = 32
 _BITS = {"F32": 32.0, "F16": 16.0, "Q8_0": 8.5, "Q4_0": 4.5, "Q4_1": 5.0}
 
@@ -49,22 +49,6 @@ def exact_types(scheme: QuantScheme, in_features: int) -> list[str]:
     sym, bits = scheme.symmetric, scheme.bits
     fits = {"Q4_0": bits <= (4 if sym else 3), "Q4_1": bits <= 4, "Q8_0": bits <= (8 if sym else 7)}
     return [kind for kind in BLOCK_TYPES if fits[kind]]
-
-
-def check_architecture(model: nn.Module) -> str:
-    """llama.cpp's architecture name for the model; SpecError naming the formats that can write it."""
-    config = model.config
-    arch = ARCHITECTURES.get(config.model_type)
-    if arch is None:
-        raise SpecError(f"GGUF export writes Llama-family models (model_type {', '.join(ARCHITECTURES)}); this is a "
-                        f"{config.model_type!r} model. Formats that can write it: hf, compressed-tensors")
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise SpecError(f"GGUF export writes default rotary embeddings only; this model uses {rope.get('rope_type')!r}"
-                        " scaling. Export as format hf or compressed-tensors")
-    if getattr(config, "mlp_bias", False):
-        raise SpecError("GGUF export of Llama models with MLP biases is not supported; export as format hf")
-    return arch
 
 
 @dataclass(frozen=True)
@@ -135,20 +119,6 @@ def _inexpressible(entry: _Entry, requested: str, exact: list[str]) -> str:
             "which keep the scheme as it is")
 
 
-def _permute_rows(array: np.ndarray, heads: int) -> np.ndarray:
-    """llama.cpp's q/k row order: per head, the two rotary halves interleaved ([rows, ...])."""
-    rows = array.shape[0]
-    return array.reshape(heads, 2, rows // heads // 2, *array.shape[1:]).swapaxes(1, 2).reshape(array.shape)
-
-
-def _heads_for(name: str, config) -> int | None:
-    if name.endswith(("q_proj.weight", "q_proj.bias")):
-        return config.num_attention_heads
-    if name.endswith(("k_proj.weight", "k_proj.bias")):
-        return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    return None
-
-
 def _blocks(layer: QuantLinear, kind: str) -> np.ndarray:
     """A QuantLinear's codes as GGUF blocks, exactly: uint8 [out, in / 32 * block bytes]."""
     codes = layer.codes().to(torch.int16).cpu()
@@ -210,7 +180,7 @@ def _dominant(kinds: list[str]) -> str:
 
 def plan(model: nn.Module, requested: str = "auto", requantize: bool = False) -> list[tuple[_Entry, str, str]]:
     """Every tensor with its GGUF type and how it gets there; raises SpecError before anything is written."""
-    check_architecture(model)
+    gguf_facts(model)
     has_quant = any(isinstance(m, QuantLinear) for m in model.modules())
     dtype = next(model.parameters()).dtype
     dense_default = "F32" if dtype == torch.float32 and not has_quant else "F16"
@@ -224,12 +194,13 @@ def write_gguf(model: nn.Module, tokenizer, folder: Path, requested: str = "auto
 
     planned = plan(model, requested, requantize)
     vocab = vocab_for(tokenizer, model.config.vocab_size)
-    arch = check_architecture(model)
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, model.config.num_hidden_layers)
+    family, facts = gguf_facts(model)
+    name_map = tensor_name_map(model, facts)
     kinds = [kind for _, kind, _ in planned]
     path = folder / gguf_file_name(requested, kinds)
-    writer = gguf.GGUFWriter(str(path), arch)
-    _write_config(writer, model, _dominant(kinds))
+    writer = gguf.GGUFWriter(str(path), facts.arch)
+    write_config(writer, model, family, facts)
+    _write_file_type(writer, _dominant(kinds))
     write_vocab(writer, vocab)
     report = WriteReport(notes=list(vocab.notes), details={"gguf_file": path.name, "reference": {}, "types": {}})
     for entry, kind, how in planned:
@@ -238,11 +209,9 @@ def write_gguf(model: nn.Module, tokenizer, folder: Path, requested: str = "auto
         encoded = _encode(entry, kind, how)
         target = name_map.get_name(entry.name, try_suffixes=(".weight", ".bias"))
         if target is None:
-            raise SpecError(f"no GGUF tensor name for {entry.name}; GGUF export supports the standard Llama layout")
-        array = encoded.array
-        heads = _heads_for(entry.name, model.config)
-        if heads:
-            array = _permute_rows(array, heads)
+            raise SpecError(f"no GGUF tensor name for {entry.name} in llama.cpp's {facts.arch} layout; export as "
+                            "format hf or compressed-tensors")
+        array = transform(entry.name, encoded.array, model, family, facts)
         raw = None if kind in ("F32", "F16") else gguf.GGMLQuantizationType[kind]
         writer.add_tensor(target, np.ascontiguousarray(array), raw_dtype=raw)
         report.promised_bytes += array.nbytes
@@ -271,25 +240,9 @@ def _notes(report: WriteReport, planned: list[tuple[_Entry, str, str]]) -> None:
     report.lossy = any(how in ("quantize", "requantize") for _, _, how in planned)
 
 
-def _write_config(writer, model: nn.Module, dominant: str) -> None:
+def _write_file_type(writer, dominant: str) -> None:
     import gguf
 
-    config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    rope = getattr(config, "rope_parameters", None) or {}
-    writer.add_name(str(getattr(config, "_name_or_path", "") or "squeezelab-export"))
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
-    writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
-    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    writer.add_vocab_size(config.vocab_size)
     file_types = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q4_0": "MOSTLY_Q4_0",
                   "Q4_1": "MOSTLY_Q4_1"}
     writer.add_file_type(gguf.LlamaFileType[file_types[dominant]])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from core.data import added_bos
 from core.errors import SpecError
 
 # How llama.cpp names a pre-tokenizer, recognised from its shape in tokenizer.json.
@@ -88,7 +89,7 @@ def vocab_for(tokenizer, vocab_size: int) -> GGUFVocab:
                             "differently after reload, which the export check reports",)
     return GGUFVocab(tokens, token_types, _merges(model), pre or "gpt-2", tokenizer.bos_token_id,
                      tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id,
-                     bool(getattr(tokenizer, "add_bos_token", False)), getattr(tokenizer, "chat_template", None),
+                     _adds_bos(tokenizer), getattr(tokenizer, "chat_template", None),
                      notes)
 
 
@@ -106,3 +107,9 @@ def write_vocab(writer, vocab: GGUFVocab) -> None:
     writer.add_add_bos_token(vocab.add_bos)
     if isinstance(vocab.chat_template, str) and vocab.chat_template:
         writer.add_chat_template(vocab.chat_template)
+
+
+def _adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS before every text: its flag, or what it does (a post-processor
+    template, as Gemma's tokenizer.json has, sets no flag)."""
+    return bool(getattr(tokenizer, "add_bos_token", False)) or added_bos(tokenizer) is not None

@@ -115,8 +115,12 @@ def quantization_config(model: nn.Module, sparse: dict[str, list[int]], kernel: 
 
 
 def write_hf(model: nn.Module, tokenizer, folder: Path, dtype: torch.dtype, sparse: bool | None = None,
-             cancel: Callable[[], bool] | None = None) -> WriteReport:
-    """Write ``model`` and ``tokenizer`` into the (existing, empty) ``folder`` as a transformers folder."""
+             cancel: Callable[[], bool] | None = None, config_dtype: torch.dtype | None = None) -> WriteReport:
+    """Write ``model`` and ``tokenizer`` into the (existing, empty) ``folder`` as a transformers folder.
+
+    Float tensors are stored in ``dtype``; the config names ``config_dtype`` (default ``dtype``), the dtype the
+    reloaded model computes in: a quantized fp32 model stores its norms and embeddings in 16 bits and is
+    reloaded in fp32, as it ran."""
     from safetensors.torch import save_file
 
     state, aliases = _unique_state(model, dtype)
@@ -126,7 +130,7 @@ def write_hf(model: nn.Module, tokenizer, folder: Path, dtype: torch.dtype, spar
     qconfig = quantization_config(model, sparse_shapes)
     weights = SQUEEZELAB_WEIGHTS if qconfig is not None else DENSE_WEIGHTS
     save_file(state, str(folder / weights), metadata={"format": "pt"})
-    config = plain_config(model, dtype)
+    config = plain_config(model, config_dtype or dtype)
     config.save_pretrained(folder)
     if qconfig is not None:
         path = folder / "config.json"

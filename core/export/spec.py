@@ -26,7 +26,7 @@ class ExportSpec:
     gguf_type: str = "auto"  # gguf: auto | F32 | F16 | Q8_0 | Q4_0 | Q4_1 (auto: the exact type of each layer)
     requantize: bool = False  # gguf: re-round layers the requested type cannot hold exactly (lossy)
     sparse: bool | None = None  # hf: pruned weights as bitmask + values; None: where that is smaller
-    dtype: str = "auto"  # hf / compressed-tensors: dtype of float tensors (auto: the model's; ct: fp16 if quantized)
+    dtype: str = "auto"  # hf / compressed-tensors: dtype of float tensors (auto: the model's; fp16 if quantized)
     zip: bool = False  # also write <path>.zip (streamed from disk by the app's download button)
     overwrite: bool = False  # replace an existing folder at path
     check_windows: int = 8  # evaluation windows scored before export and after reload (0: all)

@@ -16,7 +16,7 @@ option: at the end they give the uniform choices' delta NLL that calibrate predi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -128,7 +128,7 @@ def _block(model: nn.Module, index: int) -> nn.Module:
 
 
 def _advance(items: list[BlockInput], block: nn.Module) -> list[BlockInput]:
-    return [replace(item, hidden=item.run(block)) for item in items]
+    return [item.advance(block) for item in items]
 
 
 @torch.no_grad()

@@ -4,8 +4,9 @@
   code), fp16 scales ``rows x groups``, uint8 zero points ``rows x groups`` when asymmetric;
 * a pruned layer in the HF export: a bitmask ``ceil(numel / 8)`` plus the non-zero values, or the dense
   matrix where that is not smaller (``core.models.sparse.worth_sparse``); in memory it stays dense;
-* everything outside the plan (embeddings, norms, biases, layers not planned): as the export writes the
-  state dict, a tied tensor once, floats in the model's dtype.
+* everything outside the plan (embeddings, norms, biases, layers not planned): as the state dict holds them
+  in memory (and an export with ``dtype: fp32`` writes them), a tied tensor once, floats in the model's dtype;
+  a quantized fp32 model's default export writes them in 16 bits, so its artifact is smaller still.
 
 A quantized layer takes the same bytes in memory (``kernel: dequant``) and in the export's
 ``squeezelab.safetensors``; the file adds its JSON header, and the folder its config and tokenizer.

@@ -22,7 +22,7 @@ from core.prune.apply import prune_
 from core.prune.recovery import finetune_masked_
 from core.prune.spec import METHODS, PruneSpec
 from core.prune.structured.apply import prune_structured_
-from core.prune.structured.spec import StructuredSpec
+from core.prune.structured.spec import IMPORTANCES, StructuredSpec
 from core.technique import StepContext
 
 RECOVERY_KEYS = ("recovery_steps", "recovery_lr")
@@ -68,6 +68,9 @@ class PruneStep:
                             help="structured only")
         parser.add_argument("--fraction", type=float, default=None,
                             help="structured: share of channels/heads/layers removed")
+        parser.add_argument("--importance", default=None, choices=list(IMPORTANCES),
+                            help="structured: how units are ranked (default activation_norm, on the calibration "
+                                 "text; weight_norm is known to collapse some models)")
         parser.add_argument("--include", nargs="*", default=None, help="module name patterns to prune (default: all)")
         parser.add_argument("--exclude", nargs="*", default=None, help="module name patterns to keep dense")
         parser.add_argument("--recovery-steps", type=int, default=0, help="masked fine-tuning steps afterwards")
@@ -78,7 +81,8 @@ class PruneStep:
     def params_from_cli(args: argparse.Namespace) -> dict[str, Any]:
         """The recipe's ``prune:`` mapping for the given options (only what was set)."""
         if args.method == "structured":
-            params = {"method": "structured", "target": args.target, "fraction": args.fraction}
+            params = {"method": "structured", "target": args.target, "fraction": args.fraction,
+                      "importance": getattr(args, "importance", None)}
         else:
             params = {"method": args.method, "sparsity": args.sparsity, "threshold": args.threshold,
                       "pattern": args.pattern, "scope": args.scope, "include": args.include, "exclude": args.exclude,
@@ -92,6 +96,11 @@ class PruneStep:
         return self.spec.needs_calibration or self.recovery_steps > 0
 
     @property
+    def known_risk(self) -> str | None:
+        """Why this step's setting is known to collapse a model (said before the run starts), or None."""
+        return getattr(self.spec, "known_risk", None)
+
+    @property
     def label(self) -> str:
         """Short description for charts and tables, e.g. 'wanda 50% 2:4 +50 ft'."""
         return self.spec.label + (f" +{self.recovery_steps} ft" if self.recovery_steps else "")
@@ -99,6 +108,8 @@ class PruneStep:
     def apply(self, model: nn.Module, ctx: StepContext) -> dict[str, Any]:
         """Prune ``model`` in place (it is the pipeline's own copy); returns the step's report."""
         started = time.perf_counter()
+        if self.known_risk:
+            ctx.notes.append(self.known_risk)
         calibration = ctx.calibration if self.spec.needs_calibration else None
         prune = prune_structured_ if isinstance(self.spec, StructuredSpec) else prune_
         report = prune(model, self.spec, calibration, ctx.on_progress, ctx.cancel).as_dict()

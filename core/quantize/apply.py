@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from core.architectures import family_of
 from core.calibration.hessian import HessianAccumulator, reconstruction_error
 from core.calibration.walk import check_calibration, sequential_walk
 from core.checks import require
@@ -86,8 +87,11 @@ def plan_layers(model: nn.Module, spec: QuantizeSpec) -> list[tuple[str, nn.Modu
     require(bool(plan), f"no layer to quantize: include={list(spec.include)} exclude={list(spec.exclude)} and the "
                          "overrides leave nothing; names look like "
                          + ", ".join(name for name, _ in block_linear_layers(model)[:3]))
+    widths: dict[int | None, tuple[int, ...]] = {}
+    for _, layer, scheme in plan:  # per group size, every input width it must divide: hints valid for all
+        widths[scheme.group_size] = (*widths.get(scheme.group_size, ()), weight_matrix(layer).shape[1])
     for name, layer, scheme in plan:
-        scheme.check_columns(weight_matrix(layer).shape[1], name)
+        scheme.check_columns(weight_matrix(layer).shape[1], name, widths[scheme.group_size])
     return plan
 
 
@@ -231,11 +235,13 @@ class _AwqFolder:
 
     def __init__(self, model: nn.Module, spec: QuantizeSpec, schemes: dict[str, QuantScheme]) -> None:
         self.blocks, self.schemes, self.grid = decoder_blocks(model)[1], schemes, spec.awq_grid
+        self.family = family_of(model)
         self.searches: list = []
 
     def __call__(self, index: int, layers: list, stats: dict) -> None:
         names = {id(module): name for name, module in layers}
-        self.searches += fold_block_(block_groups(self.blocks[index]), lambda r: stats.get(names.get(id(r))),
+        groups = block_groups(self.blocks[index], self.family)
+        self.searches += fold_block_(groups, lambda r: stats.get(names.get(id(r))),
                                      lambda r: self.schemes.get(names.get(id(r))), self.grid)
 
     def summary(self) -> str:
@@ -249,8 +255,8 @@ class _AwqFolder:
 def _awq_folder(model: nn.Module, spec: QuantizeSpec, schemes: dict[str, QuantScheme]) -> _AwqFolder:
     reason = unsupported_reason(model)
     if reason:
-        raise SpecError(f"awq folds its scales into Llama-style blocks, and this model has {reason}; "
-                        "use method gptq or rtn")
+        raise SpecError(f"awq folds its scales exactly into what produces each layer's input, and this model "
+                        f"cannot take them: {reason}; use method gptq or rtn")
     return _AwqFolder(model, spec, schemes)
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from core.calibration.hessian import HessianAccumulator
+from core.layers import weight_matrix
 from core.quantize.fold import FoldGroup, fold_, share_over_heads
 from core.quantize.scheme import QuantScheme, fake_quantize
 
@@ -127,9 +128,10 @@ def fold_block_(groups: list[FoldGroup], stats_of: StatsOf, scheme_of: SchemeOf,
         schemes = [scheme_of(reader) for reader in group.readers]
         if stats is None or stats.tokens == 0 or all(scheme is None for scheme in schemes):
             continue
-        search = search_scales([reader.weight for reader in group.readers], schemes, stats, grid, group.heads)
+        weights = [weight_matrix(reader) for reader in group.readers]
+        search = search_scales(weights, schemes, stats, grid, group.heads)
         if search.ratio is not None:
-            fold_(group, search.scales.to(group.readers[0].weight.device))
+            fold_(group, search.scales.to(weights[0].device))
             rescale_statistics_(stats, search.scales)
         found.append(search)
     return found

@@ -1,13 +1,17 @@
-"""Exact scale folding in a Llama-style block, shared by SmoothQuant and AWQ.
+"""Exact scale folding, shared by SmoothQuant and AWQ, for every family ``core.architectures`` describes.
 
 Both methods multiply input channel j of some linear layers by ``s_j`` and divide what produces that
 input by the same ``s_j``: ``(x / s) (W diag(s))^T == x W^T`` in real numbers, so the float model
-computes the same function and the scales cost nothing at run time. Where the division goes:
+computes the same function and the scales cost nothing at run time. Where the division goes (the
+family's ``folds`` say which module produces which linears' input):
 
-* q/k/v and gate/up read the output of an RMSNorm: its weight is divided by s;
-* down_proj reads ``act(gate) * up``: up_proj's output rows (and bias) are divided by s;
-* o_proj reads the attention output, a mix of v rows: v_proj's output rows are divided by s, one s per
-  key/value channel, shared by the query heads of its group (``FoldGroup.heads``).
+* linears reading a norm's output: the norm's weight is divided by s, by its formula: ``w / s`` (RMSNorm),
+  ``(1 + w) / s - 1`` (Gemma's ``x * (1 + w)``), ``w / s`` and ``b / s`` (LayerNorm);
+* a linear reading another linear's output rows (down_proj after up_proj, Phi-3's down_proj after the up
+  half of gate_up_proj, OPT's fc2 after fc1 through ReLU): those rows (and biases) are divided by s;
+* the attention's output projection reads a mix of value rows: the value rows (of v_proj, or of a fused
+  qkv in the family's layout) are divided by s, one s per key/value channel, shared by the query heads
+  of its group (``FoldGroup.heads``).
 
 Nothing here hooks a model: modules in, weights changed in place.
 """
@@ -19,62 +23,95 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.architectures import (
+    NORM_LAYER,
+    NORM_RMS_PLUS_ONE,
+    Family,
+    attention_heads,
+    family_of,
+    family_of_block,
+    known_families,
+    part,
+    value_rows,
+)
+from core.layers import decoder_blocks, is_linear, weight_matrix
+
 
 @dataclass(frozen=True)
 class FoldGroup:
     """Linear ``readers`` sharing one input, and the module ``producer`` that makes it.
 
-    ``kind``: "norm" (an RMSNorm), "rows" (a linear layer's output rows) or "heads" (v_proj's rows
-    under o_proj, with ``heads`` = (kv_heads, query heads per kv head, head_dim)).
-    """
+    ``kind``: "norm", "rows" (a linear layer's output rows) or "heads" (value rows under the attention's
+    output projection, with ``heads`` = (kv_heads, query heads per kv head, head_dim)). ``rows``: the
+    producer's output rows that carry the input (None: all of them); ``norm``: the norm's formula."""
 
     kind: str
     producer: nn.Module
-    readers: tuple[nn.Linear, ...]
+    readers: tuple[nn.Module, ...]
     heads: tuple[int, int, int] | None = None
+    rows: torch.Tensor | None = None
+    norm: str = "rms"
 
     @property
     def columns(self) -> int:
-        return self.readers[0].in_features
+        return weight_matrix(self.readers[0]).shape[1]
+
+
+def _plain_linear(module: nn.Module | None) -> bool:
+    return module is not None and is_linear(module) and not hasattr(module, "scheme")
 
 
 def unsupported_reason(model: nn.Module) -> str | None:
-    """Why scales cannot be folded into ``model`` (None: they can)."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if layers is None:
-        return "no model.layers (scales fold into Llama-style blocks)"
-    for layer in layers:
-        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        needed = [(attn, "q_proj"), (attn, "k_proj"), (attn, "v_proj"), (attn, "o_proj"), (mlp, "gate_proj"),
-                  (mlp, "up_proj"), (mlp, "down_proj"), (layer, "input_layernorm"), (layer, "post_attention_layernorm")]
-        if any(owner is None or not isinstance(getattr(owner, name, None), nn.Module) for owner, name in needed):
-            return "a block without q/k/v/o, gate/up/down projections and two norms"
-        if any(type(getattr(owner, name)) is not nn.Linear for owner, name in needed[:7]):
-            return "projections that are not plain nn.Linear (fold scales before quantizing)"
-        if not type(layer.input_layernorm).__name__.endswith("RMSNorm"):
-            return "norms other than RMSNorm"
+    """Why scales cannot be folded into ``model`` exactly (None: they can)."""
+    family = family_of(model)
+    if family is None:
+        return (f"model_type {getattr(model.config, 'model_type', None)!r} has no fold table (families with one: "
+                f"{known_families()})")
+    reason = family.fold_refusal(model.config)
+    if reason:
+        return reason
+    for block in decoder_blocks(model)[1]:
+        for fold in family.folds_for(model.config):
+            producer, readers = part(block, fold.producer), [part(block, name) for name in fold.readers]
+            if producer is None or None in readers:
+                return f"a block without {fold.producer} and {', '.join(fold.readers)}"
+            if not all(_plain_linear(reader) for reader in readers) or (fold.kind != "norm"
+                                                                        and not _plain_linear(producer)):
+                return "projections that are not plain linear layers (fold scales before quantizing)"
+            if fold.kind == "norm" and getattr(producer, "weight", None) is None:
+                return f"{fold.producer} has no weight to fold a scale into"
     return None
 
 
-def block_groups(layer: nn.Module) -> list[FoldGroup]:
-    """The fold groups of one Llama-style block, in forward order (o_proj only where heads allow it)."""
-    attn, mlp = layer.self_attn, layer.mlp
-    groups = [FoldGroup("norm", layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj))]
-    heads = _head_layout(attn)
-    if heads is not None:
-        groups.append(FoldGroup("heads", attn.v_proj, (attn.o_proj,), heads))
-    groups += [FoldGroup("norm", layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj)),
-               FoldGroup("rows", mlp.up_proj, (mlp.down_proj,))]
+def block_groups(layer: nn.Module, family: Family | None = None) -> list[FoldGroup]:
+    """The fold groups of one decoder block, in forward order (a heads group only where the heads allow it)."""
+    family = family or family_of_block(layer)
+    if family is None:
+        raise ValueError(f"{type(layer).__name__}: no fold table for this block's family")
+    config = next(m.config for m in layer.modules() if hasattr(m, "config"))
+    groups = []
+    for fold in family.folds_for(config):
+        producer, readers = part(layer, fold.producer), tuple(part(layer, name) for name in fold.readers)
+        if fold.kind == "norm":
+            groups.append(FoldGroup("norm", producer, readers, norm=family.norm))
+        elif fold.kind == "rows":
+            rows = None
+            if fold.rows == "second_half":
+                width = weight_matrix(producer).shape[0] // 2
+                rows = torch.arange(width, 2 * width)
+            groups.append(FoldGroup("rows", producer, readers, rows=rows))
+        else:
+            heads = _head_layout(family, config, readers[0])
+            if heads is not None:
+                groups.append(FoldGroup("heads", producer, readers, heads, value_rows(family, config)))
     return groups
 
 
-def _head_layout(attn: nn.Module) -> tuple[int, int, int] | None:
-    head_dim = getattr(attn, "head_dim", None)
-    o, v = attn.o_proj, attn.v_proj
-    if head_dim is None or o.in_features % head_dim or v.out_features % head_dim:
+def _head_layout(family: Family, config, output: nn.Module) -> tuple[int, int, int] | None:
+    heads, kv_heads, head_dim = attention_heads(config, family)
+    if weight_matrix(output).shape[1] != heads * head_dim or heads % kv_heads:
         return None
-    heads, kv_heads = o.in_features // head_dim, v.out_features // head_dim
-    return None if heads % kv_heads else (kv_heads, heads // kv_heads, head_dim)
+    return kv_heads, heads // kv_heads, head_dim
 
 
 def share_over_heads(s: torch.Tensor, heads: tuple[int, int, int], reduce: str = "max") -> torch.Tensor:
@@ -93,18 +130,40 @@ def fold_(group: FoldGroup, s: torch.Tensor) -> None:
     For a "heads" group ``s`` must already be shared across query heads (``share_over_heads``).
     """
     if group.kind == "norm":
-        group.producer.weight.div_(s.to(group.producer.weight.dtype))
+        _divide_norm_(group.producer, s, group.norm)
     elif group.kind == "rows":
-        divide_rows_(group.producer, s)
+        divide_rows_(group.producer, s, group.rows)
     else:
         kv_heads, query_per_kv, head_dim = group.heads
-        divide_rows_(group.producer, s.view(kv_heads, query_per_kv, head_dim)[:, 0, :].reshape(-1))
+        divide_rows_(group.producer, s.view(kv_heads, query_per_kv, head_dim)[:, 0, :].reshape(-1), group.rows)
     for reader in group.readers:
-        reader.weight.mul_(s.to(reader.weight.dtype))
+        weight = weight_matrix(reader)
+        weight.mul_(s.to(weight.dtype))
 
 
-def divide_rows_(linear: nn.Linear, s: torch.Tensor) -> None:
-    """Output rows (and bias) of ``linear`` divided by ``s`` [out]."""
-    linear.weight.div_(s.to(linear.weight.dtype).unsqueeze(1))
-    if linear.bias is not None:
-        linear.bias.div_(s.to(linear.bias.dtype))
+def _divide_norm_(norm: nn.Module, s: torch.Tensor, formula: str) -> None:
+    weight = norm.weight
+    s = s.to(weight.device, torch.promote_types(weight.dtype, torch.float32))
+    if formula == NORM_RMS_PLUS_ONE:  # Gemma computes x * (1 + w): the factor, not w, is divided
+        weight.copy_(((1.0 + weight.to(s.dtype)) / s - 1.0).to(weight.dtype))
+        return
+    weight.div_(s.to(weight.dtype))
+    if formula == NORM_LAYER and getattr(norm, "bias", None) is not None:
+        norm.bias.div_(s.to(norm.bias.dtype))
+
+
+@torch.no_grad()
+def divide_rows_(linear: nn.Module, s: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+    """Output rows (and bias) of ``linear`` divided by ``s``: all rows [out], or the listed ``rows`` [len(s)]."""
+    weight = weight_matrix(linear)  # [out, in], a view for GPT-2's Conv1D
+    scale = s.to(weight.device, weight.dtype)
+    bias = getattr(linear, "bias", None)
+    if rows is None:
+        weight.div_(scale.unsqueeze(1))
+        if bias is not None:
+            bias.div_(scale.to(bias.dtype))
+        return
+    rows = rows.to(weight.device)
+    weight[rows] = weight[rows] / scale.unsqueeze(1)
+    if bias is not None:
+        bias[rows] = bias[rows] / scale.to(bias.dtype)

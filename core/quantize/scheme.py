@@ -66,20 +66,32 @@ class QuantScheme:
         """Columns per scale for a matrix with ``columns`` inputs (all of them when per channel)."""
         return self.group_size or columns
 
-    def check_columns(self, columns: int, layer: str = "this layer") -> None:
-        """Refuse a group size that does not divide the input width; name the nearest sizes that do."""
+    def check_columns(self, columns: int, layer: str = "this layer", others: tuple[int, ...] = ()) -> None:
+        """Refuse a group size that does not divide the input width; name the nearest sizes that do, for this
+        layer and for the input widths ``others`` of every other layer the same step quantizes at this size
+        (a hint valid for one layer only would be refused on the next)."""
         if self.group_size is None or columns % self.group_size == 0:
             return
-        divisors = [d for d in range(8, columns + 1, 8) if columns % d == 0] or [columns]
-        nearest = sorted(divisors, key=lambda d: (abs(d - self.group_size), d))[:3]
+        nearest = group_sizes_near(self.group_size, (columns, *others))
+        every = ", each dividing every layer this step quantizes" if set(others) - {columns} else ""
+        valid = (f"valid sizes near it: {', '.join(map(str, nearest))}{every}" if nearest
+                 else "no size divides the input widths of every layer this step quantizes")
         raise SpecError(f"group_size {self.group_size} does not divide the {columns} input columns of {layer}; "
-                        f"valid sizes near it: {', '.join(map(str, sorted(nearest)))} (or null: per channel), "
-                        "or exclude the layer with an override")
+                        f"{valid} (or null: per channel), or exclude the layer with an override")
 
     def bits_per_weight(self, columns: int) -> float:
         """Storage per weight counting fp16 scales and (asymmetric) 8-bit zero points."""
         per_group = 16 + (0 if self.symmetric else 8)
         return self.bits + per_group / self.group_width(columns)
+
+
+def group_sizes_near(group_size: int, widths: tuple[int, ...], count: int = 3) -> list[int]:
+    """Up to ``count`` group sizes nearest ``group_size`` that divide every one of ``widths`` (multiples of 8 where
+    any exist), ascending; empty when only per-channel scales fit them all."""
+    common = math.gcd(*widths)
+    divisors = [d for d in range(8, common + 1, 8) if common % d == 0] or \
+               [d for d in range(2, common + 1) if common % d == 0]
+    return sorted(sorted(divisors, key=lambda d: (abs(d - group_size), d))[:count])
 
 
 def qparams(weight: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Tensor, torch.Tensor]:

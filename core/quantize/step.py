@@ -38,6 +38,9 @@ class QuantizeStep(QuantizeSpec):
         parser.add_argument("--lm-head", action="store_true", help="also quantize lm_head (RTN)")
         parser.add_argument("--rounding", choices=["rtn", "gptq"], default="rtn",
                             help="awq and int8_dynamic: how the weights are rounded")
+        parser.add_argument("--smooth", type=float, default=None, metavar="ALPHA",
+                            help="int8_dynamic: SmoothQuant strength in [0, 1) (default 0.5 with calibration text; "
+                                 "0: off)")
         parser.add_argument("--include", nargs="*", default=None,
                             help="module name patterns to quantize (default: all)")
         parser.add_argument("--exclude", nargs="*", default=None, help="module name patterns to keep as they are")
@@ -48,7 +51,7 @@ class QuantizeStep(QuantizeSpec):
         params = {"method": args.method, "bits": args.bits, "group_size": args.group_size or None,
                   "symmetric": not args.asymmetric, "act_order": args.act_order, "kernel": args.kernel,
                   "lm_head": args.lm_head, "include": args.include, "exclude": args.exclude,
-                  "rounding": args.rounding}
+                  "rounding": args.rounding, "smooth": getattr(args, "smooth", None)}
         defaults = {"group_size": None, "symmetric": True, "act_order": True, "kernel": "auto", "lm_head": False,
                     "rounding": "rtn"}
         return {key: value for key, value in params.items()

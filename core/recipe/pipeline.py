@@ -70,6 +70,12 @@ def apply_steps(recipe: Recipe, model: torch.nn.Module, context: StepContext) ->
     return model, reports
 
 
+def known_risks(recipe: Recipe) -> list[str]:
+    """The recipe's settings known to collapse a model (a step's ``known_risk``), to say before it runs."""
+    return [f"step {index + 1} ({step.kind}): {risk}" for index, step in enumerate(recipe.steps)
+            if (risk := getattr(step.parsed, "known_risk", None))]
+
+
 def check_before_start(recipe: Recipe, base: LoadedModel | None = None) -> ExportSpec | None:
     """Everything that can be checked without loading weights, before any row is written; the export spec."""
     resolve(recipe.model)

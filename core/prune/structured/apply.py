@@ -13,6 +13,7 @@ calibration hooks that feed them and the module surgery.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import torch
@@ -34,6 +35,7 @@ from core.prune.structured.scores import (
 from core.prune.structured.spec import StructuredReport, StructuredSpec
 from core.prune.structured.surgery import (
     PER_LAYER_KEYS,
+    MlpParts,
     all_mlp_parts,
     apply_config,
     attentions,
@@ -68,11 +70,11 @@ _Outcome = tuple[dict[int, tuple[int, ...]], tuple[int, ...], dict[str, Any]]
 def _mlp_plan(model: nn.Module, spec: StructuredSpec) -> tuple[list, int, dict[str, Any]]:
     """(every block's MLP parts, channels removed per block, config changes), checked as the config would."""
     parts = all_mlp_parts(model)
-    widths = {weight_matrix(output).shape[1] for _, output, _ in parts}
+    widths = {weight_matrix(mlp.output).shape[1] for mlp in parts}
     require(len(widths) == 1, f"the blocks have different MLP widths {sorted(widths)}; a config holds one")
     width = widths.pop()
     count = removal_count(spec.fraction, width)
-    changes = {width_key(model.config, parts[0][2], width): width - count}
+    changes = {width_key(model.config, parts[0].width_keys, width): width - count}
     check_config(model.config, changes, f"an MLP width of {width - count}")
     return parts, count, changes
 
@@ -82,16 +84,23 @@ def _prune_mlp_(model: nn.Module, spec: StructuredSpec, run: _Run) -> _Outcome:
     parts, count, changes = _mlp_plan(model, spec)
     new_width = next(iter(changes.values()))
     if spec.importance == "activation_norm":  # the input of the down projection
-        scores = run.input_norms(model, [output for _, output, _ in parts])
+        scores = run.input_norms(model, [mlp.output for mlp in parts])
     else:
-        scores = [channel_scores([weight_matrix(m) for m in ins], weight_matrix(out)) for ins, out, _ in parts]
-    cuts = [[(m, 1, "out") for m in ins] + [(out, 1, "in")] for ins, out, _ in parts]
+        scores = [channel_scores(_input_rows(mlp), weight_matrix(mlp.output)) for mlp in parts]
+    side = "halves" if parts[0].fused_halves else "out"
+    cuts = [[(m, 1, side) for m in mlp.inputs] + [(mlp.output, 1, "in")] for mlp in parts]
     removed = cut_blocks_(cuts, scores, count, run.on_progress)
     for module in blocks.modules():  # e.g. LlamaMLP.intermediate_size (kept in step with the config)
         if isinstance(getattr(module, "intermediate_size", None), int):
             module.intermediate_size = new_width
     apply_config(model.config, changes)
     return removed, (), changes
+
+
+def _input_rows(mlp: MlpParts) -> list[torch.Tensor]:
+    """Each input-side matrix [width, hidden]; a fused [gate; up] one as its two halves."""
+    weights = [weight_matrix(m) for m in mlp.inputs]
+    return [half for w in weights for half in w.chunk(2, dim=0)] if mlp.fused_halves else weights
 
 
 def _heads_plan(model: nn.Module, spec: StructuredSpec) -> tuple[list, int, int, int, dict[str, Any]]:
@@ -213,9 +222,10 @@ def params_removed(model: nn.Module, spec: StructuredSpec) -> int:
         return round(removal_count(spec.fraction, len(blocks)) * param_count(blocks) / len(blocks))
     if spec.target == "mlp_channels":
         parts = all_mlp_parts(model)
-        count = removal_count(spec.fraction, weight_matrix(parts[0][1]).shape[1])
-        return sum(sum(_rows_cost(m, count, "out") for m in ins) + _rows_cost(out, count, "in")
-                   for ins, out, _ in parts)
+        count = removal_count(spec.fraction, weight_matrix(parts[0].output).shape[1])
+        rows = 2 * count if parts[0].fused_halves else count
+        return sum(sum(_rows_cost(m, rows, "out") for m in mlp.inputs) + _rows_cost(mlp.output, count, "in")
+                   for mlp in parts)
     attns = attentions(model)
     groups, head_dim, q_rows = kv_geometry(model.config, attns[0])
     count = removal_count(spec.fraction, groups)
@@ -230,8 +240,10 @@ def prune_structured_(model: nn.Module, spec: StructuredSpec, calibration: torch
 
     ``calibration`` is token ids [samples, seqlen] (or [seqlen]); "activation_norm" needs it, and for
     target "layers" it ranks blocks by their residual update instead of picking evenly spaced middle
-    ones. Cancelling (during calibration) leaves the model unchanged; the surgery itself is quick.
+    ones. Without an importance in ``spec`` the ranking is by activation norms when ``calibration`` is given,
+    else by weight norms. Cancelling (during calibration) leaves the model unchanged; the surgery itself is quick.
     """
+    spec = replace(spec, importance=spec.ranking(calibration is not None))
     require(not (spec.layers is None and spec.importance == "activation_norm" and calibration is None),
             "importance 'activation_norm' needs calibration token ids ([samples, seqlen]); pass calibration=... "
             "or use importance 'weight_norm'")

@@ -7,11 +7,12 @@ count for all blocks; a change the config class would refuse on reload is refuse
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from core.architectures import family_of_block, part
 from core.checks import require
 from core.errors import SpecError
 from core.layers import Conv1D, decoder_blocks, linear_layers, weight_matrix
@@ -21,7 +22,17 @@ from core.prune.structured.scores import complement, lowest_indices, unit_rows
 # Config fields holding one entry per decoder block; they follow the kept blocks.
 PER_LAYER_KEYS = ("layer_types", "no_rope_layers")
 
-# (input-side projections, output-side projection, config keys that may hold the width)
+class MlpParts(NamedTuple):
+    """A block's MLP: input-side projections, the output-side one, the config keys that may hold its width;
+    ``fused_halves``: the one input matrix is [gate; up] (Phi-3), so channel c is its rows c and width + c."""
+
+    inputs: list[nn.Module]
+    output: nn.Module
+    width_keys: tuple[str, ...]
+    fused_halves: bool = False
+
+
+# For models outside core.architectures' families: (input-side projections, output-side projection, width keys)
 MLP_FAMILIES: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = (
     (("gate_proj", "up_proj"), "down_proj", ("intermediate_size",)),  # Llama, Qwen2, Mistral
     (("fc1",), "fc2", ("ffn_dim", "intermediate_size")),  # OPT
@@ -47,13 +58,24 @@ def find_linear(block: nn.Module, name: str) -> nn.Module | None:
     return next((module for _, module in linear_layers(block, (name, f"*.{name}"))), None)
 
 
-def mlp_parts(block: nn.Module) -> tuple[list[nn.Module], nn.Module, tuple[str, ...]] | None:
-    """(input-side projections, output-side projection, config keys for the width), if known."""
+def mlp_parts(block: nn.Module) -> MlpParts | None:
+    """The block's MLP parts, from its family's facts (``core.architectures``), else by known names; None if unknown."""
+    family = family_of_block(block)
+    if family is not None:
+        mlp = family.mlp
+        inputs, output = [part(block, name) for name in mlp.inputs], part(block, mlp.output)
+        if output is not None and None not in inputs:
+            return MlpParts(inputs, output, mlp.width_keys, mlp.fused_halves)
     for input_names, output_name, keys in MLP_FAMILIES:
         inputs, output = [find_linear(block, name) for name in input_names], find_linear(block, output_name)
         if output is not None and None not in inputs:
-            return inputs, output, keys
+            return MlpParts(inputs, output, keys)
     return None
+
+
+def fused_rows(keep: torch.Tensor, width: int) -> torch.Tensor:
+    """Rows of a fused [gate; up] matrix that hold the kept channels ``keep`` of an MLP ``width`` wide."""
+    return torch.cat([keep, keep + width])
 
 
 def attention(block: nn.Module) -> nn.Module | None:
@@ -105,7 +127,10 @@ def cut_blocks_(cuts: list[list[tuple[nn.Module, int, str]]], scores: list[torch
         drop = lowest_indices(score, count)
         keep = complement(score.numel(), drop)
         for module, rows, side in block_cuts:
-            slice_linear_(module, unit_rows(keep, rows), side)
+            if side == "halves":  # a fused [gate; up] matrix: the kept channels' rows in both halves
+                slice_linear_(module, fused_rows(keep, score.numel()), "out")
+            else:
+                slice_linear_(module, unit_rows(keep, rows), side)
         removed[i] = tuple(drop.tolist())
         report(on_progress, "prune", (i + 1) / len(cuts))
     return removed
@@ -120,7 +145,7 @@ def width_key(config: Any, keys: tuple[str, ...], width: int) -> str:
                     f"fewer MLP channels could not be saved; try target 'layers'")
 
 
-def all_mlp_parts(model: nn.Module) -> list[tuple[list[nn.Module], nn.Module, tuple[str, ...]]]:
+def all_mlp_parts(model: nn.Module) -> list[MlpParts]:
     """``mlp_parts`` of every block; refused (naming what else works) when a block's MLP is unknown."""
     _, blocks = decoder_blocks(model)
     parts = [mlp_parts(block) for block in blocks]

@@ -1,0 +1,301 @@
+"""Architecture facts in one place: what differs between the causal-LM families SqueezeLab knows.
+
+Techniques consult this table instead of testing ``model_type`` themselves. Per family it says:
+
+* where the decoder blocks are, and how their linears are named (block-relative paths);
+* the norm formula: ``rms`` (``x / rms(x) * w``), ``rms+1`` (Gemma: ``x / rms(x) * (1 + w)``) or ``layer``
+  (``(x - mean) / std * w + b``); a scale folded into a norm depends on it;
+* the embedding scale: Gemma's embedding module multiplies its rows by sqrt(hidden) in its own forward,
+  so a module that replaces it must too;
+* fused projections: Phi-3's ``qkv_proj`` ([q | k | v] rows) and ``gate_up_proj`` ([gate | up] rows),
+  GPT-NeoX's per-head interleaved ``query_key_value``, Falcon's grouped one, GPT-2's ``c_attn``;
+* which linears share an input, and what produces it (the ``folds``: SmoothQuant and AWQ divide the
+  producer's output by the scales they multiply into the readers' columns);
+* the GGUF names llama.cpp uses, and what it assumes (Gemma norms stored with the +1 folded in, q/k rows
+  of Llama permuted for its rotary layout), or why a family cannot be written;
+* facts a decode loop needs (``decode_layout``; the residual wiring; logit soft-capping).
+
+Nothing here touches weights: names and small index computations only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.errors import SpecError
+
+NORM_RMS, NORM_RMS_PLUS_ONE, NORM_LAYER = "rms", "rms+1", "layer"
+# qkv layouts: separate q/k/v linears; one matrix [q | k | v]; per head [q_h, k_h, v_h]; per kv group
+# [q of its heads, k, v] (Falcon; multi-query is one group)
+SEPARATE, STACKED, INTERLEAVED, GROUPED = "separate", "stacked", "interleaved", "grouped"
+
+ConfigTest = Callable[[Any], bool]
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Linears ``readers`` that read one input, produced by the module ``producer`` (block-relative names).
+
+    ``kind``: "norm" (the producer is a norm), "rows" (the producer's output rows are the input, unchanged or
+    through a positively homogeneous activation such as ReLU), "heads" (the input is the attention output:
+    a mix of the value rows of the producer). ``rows`` says which producer rows: "all", "second_half"
+    (Phi-3's up half of gate_up_proj) or "values" (the value rows of a fused qkv, by the family's layout).
+    ``when`` limits the fold to configs where it is exact (e.g. OPT's ReLU)."""
+
+    kind: str
+    producer: str
+    readers: tuple[str, ...]
+    rows: str = "all"
+    when: ConfigTest | None = None
+
+
+@dataclass(frozen=True)
+class Attention:
+    """The attention's linears: ``qkv`` (three names, or one fused matrix in ``layout``) and ``output``.
+
+    ``head_dim_key``: the config key that holds the head size apart from the hidden size; None when the
+    head size is hidden / heads, so a config cannot describe fewer heads."""
+
+    layout: str
+    qkv: tuple[str, ...]
+    output: str
+    head_dim_key: str | None = "head_dim"
+
+
+@dataclass(frozen=True)
+class Mlp:
+    """The MLP's input-side linears, its output-side linear, and the config keys that may hold its width.
+
+    ``fused_halves``: one matrix [gate; up], so channel c is rows c and width + c of it."""
+
+    inputs: tuple[str, ...]
+    output: str
+    width_keys: tuple[str, ...]
+    fused_halves: bool = False
+
+
+@dataclass(frozen=True)
+class Gguf:
+    """How llama.cpp stores the family: its architecture name, the gguf tensor-name map to use, and what
+    it expects of the tensors and metadata (``keys``: extra metadata this family carries)."""
+
+    arch: str
+    names: str  # a gguf.MODEL_ARCH member
+    permute_qk: bool = False  # q/k rows interleaved for llama.cpp's rotary layout (Llama only)
+    norm_shift: float = 0.0  # added to every norm weight (Gemma: llama.cpp multiplies by w, not 1 + w)
+    keys: tuple[str, ...] = ()  # key_length | sliding_window | softcapping | rope_dimensions
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything SqueezeLab needs to know about one family of causal LMs (see the module docstring)."""
+
+    name: str
+    model_types: tuple[str, ...]
+    blocks: str
+    norm: str
+    attention: Attention
+    mlp: Mlp
+    folds: tuple[Fold, ...]
+    embedding_scale: str | None = None  # "sqrt_hidden": the embedding module scales its rows itself
+    residual: str = "sequential"  # sequential | parallel (attention and MLP read the same x) | sandwich (post norms)
+    decode_layout: str | None = None  # "llama": x + attn(norm x), then x + mlp(norm x), q/k/v/o and gate/up/down
+    gguf: Gguf | None = None
+    gguf_refusal: str | None = None  # why a GGUF file of this family is not written
+    fold_refusal: Callable[[Any], str | None] = field(default=lambda config: None)
+
+    def folds_for(self, config: Any) -> list[Fold]:
+        """The folds that are exact for ``config``."""
+        return [fold for fold in self.folds if fold.when is None or fold.when(config)]
+
+
+_LLAMA_ATTENTION = Attention(SEPARATE, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.o_proj")
+_LLAMA_MLP = Mlp(("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", ("intermediate_size",))
+_LLAMA_FOLDS = (
+    Fold("norm", "input_layernorm", _LLAMA_ATTENTION.qkv),
+    Fold("heads", "self_attn.v_proj", ("self_attn.o_proj",)),
+    Fold("norm", "post_attention_layernorm", _LLAMA_MLP.inputs),
+    Fold("rows", "mlp.up_proj", ("mlp.down_proj",)),
+)
+# Gemma: the MLP reads pre_feedforward_layernorm; post_attention_layernorm normalizes the attention's output
+_GEMMA_FOLDS = (
+    Fold("norm", "input_layernorm", _LLAMA_ATTENTION.qkv),
+    Fold("heads", "self_attn.v_proj", ("self_attn.o_proj",)),
+    Fold("norm", "pre_feedforward_layernorm", _LLAMA_MLP.inputs),
+    Fold("rows", "mlp.up_proj", ("mlp.down_proj",)),
+)
+_LLAMA_GGUF_KEYS = ("key_length", "rope_dimensions")
+_GEMMA_GGUF_KEYS = ("key_length", "sliding_window", "softcapping")
+
+
+def _relu(config: Any) -> bool:
+    return getattr(config, "activation_function", None) == "relu"
+
+
+def _opt_refusal(config: Any) -> str | None:
+    if not getattr(config, "do_layer_norm_before", True):
+        return ("OPT with do_layer_norm_before: false (OPT-350m) normalizes after each sub-block, so no norm sits "
+                "before the linears")
+    if not getattr(config, "layer_norm_elementwise_affine", True):
+        return "OPT norms without weights (layer_norm_elementwise_affine: false) have nothing to fold a scale into"
+    return None
+
+
+def _falcon_parallel(config: Any) -> bool:
+    return not config.new_decoder_architecture and config.parallel_attn
+
+
+def _falcon_two_norms(config: Any) -> bool:
+    return bool(config.new_decoder_architecture) and (config.num_ln_in_parallel_attn or 2) == 2
+
+
+def _falcon_sequential(config: Any) -> bool:
+    return not config.new_decoder_architecture and not config.parallel_attn
+
+
+_FALCON_QKV, _FALCON_UP = "self_attention.query_key_value", "mlp.dense_h_to_4h"
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (
+    Family("llama", ("llama",), "model.layers", NORM_RMS, _LLAMA_ATTENTION, _LLAMA_MLP, _LLAMA_FOLDS,
+           decode_layout="llama", gguf=Gguf("llama", "LLAMA", permute_qk=True, keys=_LLAMA_GGUF_KEYS)),
+    Family("mistral", ("mistral",), "model.layers", NORM_RMS, _LLAMA_ATTENTION, _LLAMA_MLP, _LLAMA_FOLDS,
+           decode_layout="llama", gguf=Gguf("llama", "LLAMA", permute_qk=True, keys=_LLAMA_GGUF_KEYS)),
+    Family("qwen2", ("qwen2",), "model.layers", NORM_RMS, _LLAMA_ATTENTION, _LLAMA_MLP, _LLAMA_FOLDS,
+           decode_layout="llama", gguf=Gguf("qwen2", "QWEN2")),
+    Family("qwen3", ("qwen3",), "model.layers", NORM_RMS, _LLAMA_ATTENTION, _LLAMA_MLP, _LLAMA_FOLDS,
+           decode_layout="llama", gguf=Gguf("qwen3", "QWEN3", keys=("key_length",))),
+    Family("gemma2", ("gemma2",), "model.layers", NORM_RMS_PLUS_ONE, _LLAMA_ATTENTION, _LLAMA_MLP, _GEMMA_FOLDS,
+           embedding_scale="sqrt_hidden", residual="sandwich",
+           gguf=Gguf("gemma2", "GEMMA2", norm_shift=1.0, keys=_GEMMA_GGUF_KEYS)),
+    Family("gemma3", ("gemma3_text",), "model.layers", NORM_RMS_PLUS_ONE, _LLAMA_ATTENTION, _LLAMA_MLP, _GEMMA_FOLDS,
+           embedding_scale="sqrt_hidden", residual="sandwich",
+           gguf=Gguf("gemma3", "GEMMA3", norm_shift=1.0, keys=("key_length", "sliding_window"))),
+    Family("phi3", ("phi3",), "model.layers", NORM_RMS,
+           Attention(STACKED, ("self_attn.qkv_proj",), "self_attn.o_proj"),
+           Mlp(("mlp.gate_up_proj",), "mlp.down_proj", ("intermediate_size",), fused_halves=True),
+           (Fold("norm", "input_layernorm", ("self_attn.qkv_proj",)),
+            Fold("heads", "self_attn.qkv_proj", ("self_attn.o_proj",), rows="values"),
+            Fold("norm", "post_attention_layernorm", ("mlp.gate_up_proj",)),
+            Fold("rows", "mlp.gate_up_proj", ("mlp.down_proj",), rows="second_half")),
+           gguf=Gguf("phi3", "PHI3", keys=("rope_dimensions",))),
+    Family("gpt2", ("gpt2",), "transformer.h", NORM_LAYER,
+           Attention(STACKED, ("attn.c_attn",), "attn.c_proj", head_dim_key=None),
+           Mlp(("mlp.c_fc",), "mlp.c_proj", ("n_inner",)),
+           (Fold("norm", "ln_1", ("attn.c_attn",)), Fold("heads", "attn.c_attn", ("attn.c_proj",), rows="values"),
+            Fold("norm", "ln_2", ("mlp.c_fc",))),  # c_proj reads GELU(c_fc): no exact fold
+           gguf_refusal="transformers' GGUF loader rebuilds GPT-2 without its n_positions, so the export could not "
+                        "be checked"),
+    Family("opt", ("opt",), "model.decoder.layers", NORM_LAYER,
+           Attention(SEPARATE, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.out_proj",
+                     head_dim_key=None),
+           Mlp(("fc1",), "fc2", ("ffn_dim", "intermediate_size")),
+           (Fold("norm", "self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+            Fold("heads", "self_attn.v_proj", ("self_attn.out_proj",)),
+            Fold("norm", "final_layer_norm", ("fc1",)),
+            Fold("rows", "fc1", ("fc2",), when=_relu)),  # relu(x / s) = relu(x) / s for s > 0
+           gguf_refusal="llama.cpp has no OPT architecture", fold_refusal=_opt_refusal),
+    Family("gpt_neox", ("gpt_neox",), "gpt_neox.layers", NORM_LAYER,
+           Attention(INTERLEAVED, ("attention.query_key_value",), "attention.dense", head_dim_key=None),
+           Mlp(("mlp.dense_h_to_4h",), "mlp.dense_4h_to_h", ("intermediate_size",)),
+           (Fold("norm", "input_layernorm", ("attention.query_key_value",)),
+            Fold("heads", "attention.query_key_value", ("attention.dense",), rows="values"),
+            Fold("norm", "post_attention_layernorm", ("mlp.dense_h_to_4h",))),  # dense_4h_to_h reads GELU
+           residual="parallel",
+           gguf_refusal="transformers' GGUF loader cannot read GPT-NeoX files (llama.cpp's gptneox), so the export "
+                        "could not be checked"),
+    Family("falcon", ("falcon",), "transformer.h", NORM_LAYER,
+           Attention(GROUPED, (_FALCON_QKV,), "self_attention.dense", head_dim_key=None),
+           Mlp((_FALCON_UP,), "mlp.dense_4h_to_h", ("ffn_hidden_size",)),
+           (Fold("norm", "input_layernorm", (_FALCON_QKV, _FALCON_UP), when=_falcon_parallel),
+            Fold("norm", "input_layernorm", (_FALCON_QKV,), when=_falcon_sequential),
+            Fold("norm", "post_attention_layernorm", (_FALCON_UP,), when=_falcon_sequential),
+            Fold("norm", "ln_attn", (_FALCON_QKV,), when=_falcon_two_norms),
+            Fold("norm", "ln_mlp", (_FALCON_UP,), when=_falcon_two_norms),
+            Fold("heads", _FALCON_QKV, ("self_attention.dense",), rows="values")),
+           residual="parallel",
+           gguf_refusal="transformers reads llama.cpp's Falcon files with the key/value heads in another order than "
+                        "its own Falcon, so the export could not be checked"),
+)}
+
+_BY_MODEL_TYPE = {model_type: family for family in FAMILIES.values() for model_type in family.model_types}
+
+
+def family_of(model: nn.Module | Any) -> Family | None:
+    """The family of a model (or of its config), or None when SqueezeLab does not know its layout."""
+    config = getattr(model, "config", model)
+    return _BY_MODEL_TYPE.get(getattr(config, "model_type", None))
+
+
+def known_families() -> str:
+    return ", ".join(sorted(_BY_MODEL_TYPE))
+
+
+def require_family(model: nn.Module, what: str) -> Family:
+    """The model's family, or a SpecError saying that ``what`` needs a layout SqueezeLab knows."""
+    family = family_of(model)
+    if family is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        raise SpecError(f"{what} needs to know the model's layout, and model_type {model_type!r} is not one SqueezeLab "
+                        f"knows ({known_families()})")
+    return family
+
+
+def family_of_block(block: nn.Module) -> Family | None:
+    """The family of a decoder block, from the config its attention (or any submodule) holds."""
+    config = next((m.config for m in block.modules() if hasattr(m, "config")), None)
+    return family_of(config) if config is not None else None
+
+
+def part(block: nn.Module, name: str) -> nn.Module | None:
+    """The block's submodule at the block-relative ``name``, or None."""
+    try:
+        return block.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+# ---- attention geometry and the rows of fused projections ----
+
+
+def attention_heads(config: Any, family: Family) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head size) of a family's config."""
+    heads = config.num_attention_heads
+    if family.name == "falcon":
+        kv = config.num_kv_heads if config.new_decoder_architecture else (1 if config.multi_query else heads)
+    else:
+        kv = getattr(config, "num_key_value_heads", None) or heads
+    key = family.attention.head_dim_key
+    head_dim = (getattr(config, key, None) if key else None) or config.hidden_size // heads
+    return heads, kv, head_dim
+
+
+def qkv_rows(layout: str, heads: int, kv: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row indices of the q, k and v parts of a fused qkv matrix, per key/value group:
+    q [kv, heads // kv * head_dim], k and v [kv, head_dim], each group in order."""
+    per_group = heads // kv
+    span = torch.arange(head_dim)
+    if layout == STACKED:  # [q | k | v]
+        q = torch.arange(heads * head_dim).view(kv, per_group * head_dim)
+        k = heads * head_dim + torch.arange(kv * head_dim).view(kv, head_dim)
+        return q, k, k + kv * head_dim
+    if layout == INTERLEAVED:  # per head [q, k, v]; one head per group
+        base = (torch.arange(heads) * 3 * head_dim).unsqueeze(1)
+        return base + span, base + head_dim + span, base + 2 * head_dim + span
+    if layout == GROUPED:  # per group [q of its heads, k, v]
+        base = (torch.arange(kv) * (per_group + 2) * head_dim).unsqueeze(1)
+        q = base + torch.arange(per_group * head_dim)
+        return q, base + per_group * head_dim + span, base + (per_group + 1) * head_dim + span
+    raise ValueError(f"no fused rows in layout {layout!r}")
+
+
+def value_rows(family: Family, config: Any) -> torch.Tensor | None:
+    """Rows of the value projection (or of the fused qkv) that hold v, in key/value-channel order [kv * head_dim];
+    None for separate projections (all rows of v_proj)."""
+    if family.attention.layout == SEPARATE:
+        return None
+    return qkv_rows(family.attention.layout, *attention_heads(config, family))[2].reshape(-1)

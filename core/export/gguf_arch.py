@@ -1,0 +1,136 @@
+"""What a GGUF file of each family holds besides its tensors' codes: llama.cpp's architecture name, tensor
+names, metadata keys and the per-tensor conventions its converter (``convert_hf_to_gguf.py``) applies.
+
+The facts come from ``core.architectures`` (``Family.gguf``, or ``gguf_refusal`` saying why a family is not
+written). Per family:
+
+* Llama and Mistral (architecture ``llama``): q/k rows permuted for llama.cpp's rotary layout;
+* Qwen2 / Qwen3: no permutation; Qwen2's q/k/v biases, Qwen3's q/k norms (``attn_q_norm``), the head size;
+* Gemma-2 / Gemma-3: every norm stored as ``1 + w`` (llama.cpp multiplies by the stored weight; Gemma's
+  RMSNorm computes ``x * (1 + w)``), the head size, the sliding window, Gemma-2's logit soft-capping;
+  the embedding is stored unscaled (llama.cpp, like transformers, multiplies it by sqrt(hidden));
+* Phi-3: the fused ``qkv_proj`` and ``gate_up_proj`` as llama.cpp's ``attn_qkv`` and ``ffn_up``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from core.architectures import Family, Gguf, attention_heads, family_of
+from core.errors import SpecError
+
+
+def gguf_facts(model: nn.Module) -> tuple[Family, Gguf]:
+    """The model's family and how llama.cpp stores it; SpecError naming why not and the formats that can."""
+    config = model.config
+    family = family_of(model)
+    if family is None or family.gguf is None:
+        why = family.gguf_refusal if family is not None and family.gguf_refusal else "llama.cpp's format is not " \
+            "written for this family"
+        writable = ", ".join(sorted(name for name, f in _families().items() if f.gguf is not None))
+        raise SpecError(f"GGUF export cannot write a {config.model_type!r} model: {why}. GGUF is written for "
+                        f"{writable}; formats that can write this model: hf, compressed-tensors")
+    for rope in _rope_parameters(config):
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise SpecError(f"GGUF export writes default rotary embeddings only; this model uses "
+                            f"{rope.get('rope_type', rope.get('type'))!r} scaling. Export as format hf or "
+                            "compressed-tensors")
+    if getattr(config, "mlp_bias", False):
+        raise SpecError("GGUF export of models with MLP biases is not supported; export as format hf")
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types and list(layer_types) != _default_layer_types(config):
+        raise SpecError("GGUF keeps no per-block attention types, and this model's sliding / full attention blocks "
+                        f"({', '.join(layer_types)}) are not its family's default pattern, which readers rebuild; "
+                        "export as format hf or compressed-tensors")
+    return family, family.gguf
+
+
+def _default_layer_types(config: Any) -> list[str] | None:
+    """The layer types a config of this class gets for its block count when none are given (what a GGUF reader
+    rebuilds)."""
+    fields = config.to_dict()
+    fields.pop("layer_types", None)
+    return list(getattr(type(config).from_dict(fields), "layer_types", None) or [])
+
+
+def _families() -> dict[str, Family]:
+    from core.architectures import FAMILIES
+
+    return FAMILIES
+
+
+def _rope_parameters(config: Any) -> list[dict]:
+    """Every rotary setting of the config: one dict, or one per layer type (Gemma-3's sliding / full)."""
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    nested = [value for value in rope.values() if isinstance(value, dict)]
+    return nested or [rope]
+
+
+def rope_base(config: Any, layer_type: str = "full_attention") -> float:
+    """The RoPE base (of the full-attention layers when they differ from the sliding ones)."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    rope = rope.get(layer_type, rope) if isinstance(rope.get(layer_type), dict) else rope
+    return float(rope.get("rope_theta", getattr(config, "rope_theta", None) or 10000.0))
+
+
+def tensor_name_map(model: nn.Module, facts: Gguf):
+    import gguf
+
+    return gguf.get_tensor_name_map(gguf.MODEL_ARCH[facts.names], model.config.num_hidden_layers)
+
+
+def transform(name: str, array: np.ndarray, model: nn.Module, family: Family, facts: Gguf) -> np.ndarray:
+    """The tensor as llama.cpp's converter stores it: q/k rows permuted (Llama), ``1 + w`` norms (Gemma)."""
+    if facts.permute_qk:
+        heads = _heads_for(name, model.config, family)
+        if heads:
+            array = _permute_rows(array, heads)
+    if facts.norm_shift and name.endswith("norm.weight"):
+        array = array + np.asarray(facts.norm_shift, dtype=array.dtype)
+    return array
+
+
+def _permute_rows(array: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's q/k row order: per head, the two rotary halves interleaved ([rows, ...])."""
+    rows = array.shape[0]
+    return array.reshape(heads, 2, rows // heads // 2, *array.shape[1:]).swapaxes(1, 2).reshape(array.shape)
+
+
+def _heads_for(name: str, config: Any, family: Family) -> int | None:
+    heads, kv_heads, _ = attention_heads(config, family)
+    if name.endswith(("q_proj.weight", "q_proj.bias")):
+        return heads
+    if name.endswith(("k_proj.weight", "k_proj.bias")):
+        return kv_heads
+    return None
+
+
+def write_config(writer, model: nn.Module, family: Family, facts: Gguf) -> None:
+    """The architecture's metadata keys, as llama.cpp reads them (and transformers' GGUF loader maps back)."""
+    config = model.config
+    heads, kv_heads, head_dim = attention_heads(config, family)
+    writer.add_name(str(getattr(config, "_name_or_path", "") or "squeezelab-export"))
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(rope_base(config))
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_vocab_size(config.vocab_size)
+    if "rope_dimensions" in facts.keys:
+        writer.add_rope_dimension_count(head_dim)
+    if "key_length" in facts.keys:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    if "sliding_window" in facts.keys and getattr(config, "sliding_window", None):
+        writer.add_sliding_window(int(config.sliding_window))
+    if "softcapping" in facts.keys:
+        for key, add in (("attn_logit_softcapping", writer.add_attn_logit_softcapping),
+                         ("final_logit_softcapping", writer.add_final_logit_softcapping)):
+            if getattr(config, key, None) is not None:
+                add(float(getattr(config, key)))
