@@ -137,6 +137,10 @@ def main(job_path: str) -> dict:
     import torch
 
     torch.set_num_threads(threads)
+    if not torch.cuda.is_available():
+        # llm-compressor's AWQ pins its cached activations (a host-to-device transfer speed-up), which torch refuses
+        # without an accelerator; on a CPU-only machine pinning is a no-op, so the peer runs unchanged otherwise
+        torch.Tensor.pin_memory = lambda self, *args, **kwargs: self
     from llmcompressor import oneshot
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
