@@ -151,7 +151,7 @@ def test_a_distillation_batch_beyond_free_memory_says_what_fits(tmp_path, capsys
 ])
 def test_a_model_that_cannot_be_loaded_safely_is_refused_from_its_files(tmp_path, capsys, loads, monkeypatch, case,
                                                                        needle) -> None:
-    monkeypatch.setattr(preflight, "hub_reachable", lambda *_args: False)
+    monkeypatch.setattr(core.models.loading, "hub_reachable", lambda *_args: False)
     model = {"hub": "org/name", "pickle": str(pickle_only_folder(tmp_path / "pickled")),
              "remote-code": str(remote_code_folder(tmp_path / "custom"))}[case]
     assert needle in refused(tmp_path, capsys, {"model": model}, loads)

@@ -143,7 +143,7 @@ def load(
         return _load_squeezelab(source, target, torch_dtype)
     if source.kind == "gguf":
         source = ModelSource(source.ref, "gguf", str(gguf_as_folder(source, check_free_memory)))
-    local_only = source.kind != "hub" or _hub_local_only(source)
+    local_only = source.kind != "hub" or hub_local_only(source)
     config = read_config(source, trust_remote_code, local_only)
     check_weight_format(source, allow_pickle)
     if check_free_memory:
@@ -160,7 +160,7 @@ def _load_squeezelab(source: ModelSource, device: torch.device, dtype: torch.dty
     return LoadedModel(loaded.model, loaded.tokenizer, source, loaded.device, loaded.dtype)
 
 
-def _hub_local_only(source: ModelSource) -> bool:
+def hub_local_only(source: ModelSource) -> bool:
     """Offline: use the local cache if it holds the model, else say the Hub is unreachable."""
     if hub_reachable():
         return False

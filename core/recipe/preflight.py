@@ -31,7 +31,6 @@ from torch import nn
 from core.checks import require
 from core.distill.spec import BUILT_IN_STUDENTS, HOLDOUT, DistillSpec
 from core.distill.students import check_compatible, kept_layers
-from core.errors import HubUnreachableError
 from core.export.export import precheck, space_needed
 from core.export.files import check_free_space, check_target
 from core.export.spec import ExportSpec
@@ -48,7 +47,7 @@ from core.models.device import (
     tensor_bytes,
 )
 from core.models.exported import QUANT_METHOD
-from core.models.loading import check_weight_format, hub_reachable, load_tokenizer, read_config
+from core.models.loading import check_weight_format, hub_local_only, load_tokenizer, read_config
 from core.models.source import LoadedModel, ModelSource, context_length, resolve
 from core.plan.menu import parse_budget
 from core.plan.planner import check_budget_fits
@@ -149,7 +148,7 @@ def _read_model(source: ModelSource, dtype: torch.dtype, allow_pickle: bool = Fa
         files.check_folder(Path(source.location))
     elif source.kind == "gguf":
         files.check_gguf(Path(source.location) / source.gguf_file)
-    local_only = source.kind != "hub" or _hub_offline(source)
+    local_only = source.kind != "hub" or hub_local_only(source)
     config = read_config(source, trust_remote_code, local_only=local_only)
     raw = _raw_config(source)
     squeezelab = (raw.get("quantization_config") or {}).get("quant_method") == QUANT_METHOD
@@ -169,20 +168,6 @@ def _raw_config(source: ModelSource) -> dict:
     if source.kind not in ("sample", "folder") or not path.is_file():
         return {}
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _hub_offline(source: ModelSource) -> bool:
-    """True when the Hub cannot be reached but the cache holds the model; refused when it holds nothing."""
-    if hub_reachable():
-        return False
-    from huggingface_hub import try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(source.location, "config.json"), str):
-        return True
-    raise HubUnreachableError(
-        f"cannot reach the Hugging Face Hub to fetch {source.ref!r}, and it is not in the local cache. "
-        "Download it on a connected machine (or use a local folder / .gguf file path instead), "
-        "or try a bundled sample such as sample:teacher")
 
 
 def _packed_layout(model: nn.Module) -> tuple[dict[str, QuantScheme], bool]:
