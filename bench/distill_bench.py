@@ -65,7 +65,7 @@ def train(student: torch.nn.Module, teacher: torch.nn.Module, spec: DistillSpec,
     """distill_'s report, plus ``cpu_s``: the CPU seconds of the run (training and its held-out checks)."""
     train_ids, held = training_data(tokenizer, spec, spec.seqlen, default_text)
     started = cpu_seconds()
-    report = distill_(student, teacher, spec, train_ids, held).as_dict()
+    report = distill_(student, teacher, spec, train_ids, held, bos=data.added_bos(tokenizer)).as_dict()
     return {**report, "cpu_s": cpu_seconds() - started}
 
 

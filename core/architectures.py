@@ -13,7 +13,9 @@ Techniques consult this table instead of testing ``model_type`` themselves. Per 
   producer's output by the scales they multiply into the readers' columns);
 * the GGUF names llama.cpp uses, and what it assumes (Gemma norms stored with the +1 folded in, q/k rows
   of Llama permuted for its rotary layout), or why a family cannot be written;
-* facts a decode loop needs (``decode_layout``; the residual wiring; logit soft-capping).
+* facts a decode loop needs (``decode_layout``: where the hand-written step finds a pre-norm rotary block's
+  parts; the residual wiring). Every family whose class supports transformers' static cache also decodes
+  through its own forward, compiled, with no entry here.
 
 Nothing here touches weights: names and small index computations only.
 """
@@ -92,6 +94,32 @@ class Gguf:
 
 
 @dataclass(frozen=True)
+class HandLayout:
+    """Where a pre-norm rotary decoder keeps its parts, as attribute paths from the CausalLM, for the
+    hand-written decode step (``core.evaluate.decode.hand``, which checks the structure itself and says why
+    when a model does not fit).
+
+    The block: ``h + o(attention(rope(q(n1(h))), rope(k(n1(h))), v(n1(h))))``, then
+    ``h + down(act(gate(n2(h))) * up(n2(h)))``; optional per-head norms on q and k (Qwen3).
+    """
+
+    inner: str = "model"  # the decoder stack: embed_tokens, layers, norm, rotary_emb
+    embed: str = "embed_tokens"
+    layers: str = "layers"
+    final_norm: str = "norm"
+    rotary: str = "rotary_emb"
+    attention: str = "self_attn"
+    projections: tuple[str, str, str, str] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    head_norms: tuple[str, str] = ("q_norm", "k_norm")  # used where present
+    mlp: str = "mlp"
+    mlp_parts: tuple[str, str, str, str] = ("gate_proj", "up_proj", "down_proj", "act_fn")
+    norms: tuple[str, str] = ("input_layernorm", "post_attention_layernorm")
+
+
+LLAMA_DECODE = HandLayout()
+
+
+@dataclass(frozen=True)
 class Family:
     """Everything SqueezeLab needs to know about one family of causal LMs (see the module docstring)."""
 
@@ -104,7 +132,7 @@ class Family:
     folds: tuple[Fold, ...]
     embedding_scale: str | None = None  # "sqrt_hidden": the embedding module scales its rows itself
     residual: str = "sequential"  # sequential | parallel (attention and MLP read the same x) | sandwich (post norms)
-    decode_layout: str | None = None  # "llama": x + attn(norm x), then x + mlp(norm x), q/k/v/o and gate/up/down
+    decode_layout: HandLayout | None = None  # the hand-written decode step runs the family (pre-norm rotary)
     gguf: Gguf | None = None
     gguf_refusal: str | None = None  # why a GGUF file of this family is not written
     fold_refusal: Callable[[Any], str | None] = field(default=lambda config: None)
@@ -162,13 +190,13 @@ _FALCON_QKV, _FALCON_UP = "self_attention.query_key_value", "mlp.dense_h_to_4h"
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family("llama", ("llama",), "model.layers", NORM_RMS, _LLAMA_ATTENTION, _LLAMA_MLP, _LLAMA_FOLDS,
-           decode_layout="llama", gguf=Gguf("llama", "LLAMA", permute_qk=True, keys=_LLAMA_GGUF_KEYS)),
+           decode_layout=LLAMA_DECODE, gguf=Gguf("llama", "LLAMA", permute_qk=True, keys=_LLAMA_GGUF_KEYS)),
     Family("mistral", ("mistral",), "model.layers", NORM_RMS, _LLAMA_ATTENTION, _LLAMA_MLP, _LLAMA_FOLDS,
-           decode_layout="llama", gguf=Gguf("llama", "LLAMA", permute_qk=True, keys=_LLAMA_GGUF_KEYS)),
+           decode_layout=LLAMA_DECODE, gguf=Gguf("llama", "LLAMA", permute_qk=True, keys=_LLAMA_GGUF_KEYS)),
     Family("qwen2", ("qwen2",), "model.layers", NORM_RMS, _LLAMA_ATTENTION, _LLAMA_MLP, _LLAMA_FOLDS,
-           decode_layout="llama", gguf=Gguf("qwen2", "QWEN2")),
+           decode_layout=LLAMA_DECODE, gguf=Gguf("qwen2", "QWEN2")),
     Family("qwen3", ("qwen3",), "model.layers", NORM_RMS, _LLAMA_ATTENTION, _LLAMA_MLP, _LLAMA_FOLDS,
-           decode_layout="llama", gguf=Gguf("qwen3", "QWEN3", keys=("key_length",))),
+           decode_layout=LLAMA_DECODE, gguf=Gguf("qwen3", "QWEN3", keys=("key_length",))),
     Family("gemma2", ("gemma2",), "model.layers", NORM_RMS_PLUS_ONE, _LLAMA_ATTENTION, _LLAMA_MLP, _GEMMA_FOLDS,
            embedding_scale="sqrt_hidden", residual="sandwich",
            gguf=Gguf("gemma2", "GEMMA2", norm_shift=1.0, keys=_GEMMA_GGUF_KEYS)),

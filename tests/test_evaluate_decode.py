@@ -8,6 +8,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
+from core.architectures import LLAMA_DECODE
 from core.evaluate import decode, measure_latency
 from core.evaluate.decode import choice, hand
 from core.quantize import QuantizeSpec, quantize_
@@ -90,7 +91,7 @@ def test_every_family_decodes_exactly_compiled(family):
 
 
 def test_the_hand_step_refuses_what_it_cannot_run_exactly():
-    layout = decode.families.LLAMA
+    layout = LLAMA_DECODE
     assert hand.unsupported_reason(FAMILIES["gpt2"](), layout) is not None
     windowed = FAMILIES["mistral-window"]()
     assert "sliding-window" in hand.unsupported_reason(windowed, layout, max_len=8)
@@ -149,7 +150,7 @@ def test_stacked_int8_matmul_equals_the_layers_side_by_side():
 
 
 def test_the_hand_step_stacks_qkv_and_gate_up_only_where_it_is_exact():
-    layout = decode.families.LLAMA
+    layout = LLAMA_DECODE
     dense = hand.HandStep(tiny_causal_lm("llama"), layout, 8).layers[0]
     assert dense.qkv is not None and dense.gate_up is not None and dense.query_scale == 1.0
     qwen3 = hand.HandStep(FAMILIES["qwen3"](), layout, 8).layers[0]  # per-head norms: scaling stays outside

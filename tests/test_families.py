@@ -14,10 +14,11 @@ import re
 import pytest
 import torch
 
-from core import models
+from core import data, models
+from core.distill import training_data
 from core.distill.spec import DistillSpec
 from core.distill.students import build_student_
-from core.distill.train import distill_
+from core.distill.train import _Trainer, distill_
 from core.errors import SpecError
 from core.evaluate import evaluate_quality
 from core.export import ExportSpec, export_model
@@ -176,8 +177,25 @@ def test_distilling_a_layer_dropped_student(family, trained):
     assert len(decoder_blocks(student)[1]) < len(decoder_blocks(teacher)[1])
     before = evaluate_quality(student, windows).perplexity
     ids = tokenizer(corpus_text(), return_tensors="pt")["input_ids"][0]
-    distill_(student, teacher, spec, ids, windows[:2])
+    distill_(student, teacher, spec, ids, windows[:2], bos=data.added_bos(tokenizer))
     assert evaluate_quality(student, windows).perplexity < before
+
+
+@pytest.mark.parametrize("eval_text", ["holdout", "corpus"])
+def test_distillation_windows_start_with_the_bos_as_evaluation_does(eval_text, trained, tmp_path):
+    teacher, tokenizer, _, _, _ = trained["gemma3"]
+    bos = data.added_bos(tokenizer)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(corpus_text(), encoding="utf-8")
+    spec = DistillSpec(student="self", text=str(corpus), eval_text=eval_text if eval_text == "holdout" else str(corpus),
+                       batch_size=4, seqlen=32, eval_windows=3)
+    train_ids, held = training_data(tokenizer, spec, 32, "sample-train")
+    assert bos is not None and held.shape == (3, 32)
+    assert (held[:, 0] == bos).all() and not (held[:, 1:] == bos).any() and not (train_ids == bos).any()
+    trainer = _Trainer(copy.deepcopy(teacher), teacher, spec, train_ids, 32, bos)
+    batch = trainer._batch()
+    assert batch.shape == (4, 32) and (batch[:, 0] == bos).all() and not (batch[:, 1:] == bos).any()
+    assert _Trainer(teacher, teacher, spec, train_ids, 32)._batch().shape == (4, 32)  # no BOS: 32 drawn tokens
 
 
 @pytest.mark.parametrize("family", MATRIX_FAMILIES)

@@ -174,3 +174,19 @@ def test_an_atlas_round_trips_through_plain_data(measured):
     assert np.array_equal(again.kl, measured.kl) and again.menu == measured.menu and again.layers == measured.layers
     sub = measured.restricted([1, 2])
     assert sub.menu.labels == ["w3 g16", "w4 g16"] and sub.uniform_nll == measured.uniform_nll[1:]
+
+
+def test_atlas_windows_start_with_the_bos_of_a_tokenizer_that_adds_one(text_file):
+    from core import data
+    from tests.helpers import family_tokenizer
+
+    request = AtlasRequest("tiny", MENU, "proxy", CalibrationSpec(str(text_file), samples=4, seqlen=32), heldout=2)
+    with_bos, plain = family_tokenizer("gemma3"), tiny_tokenizer()
+    bos = data.added_bos(with_bos)
+    calibration, heldout = request_module.windows_for(request, with_bos, "sample")
+    assert bos is not None and calibration.shape == (4, 32) and heldout.shape == (2, 32)
+    assert (calibration[:, 0] == bos).all() and (heldout[:, 0] == bos).all()
+    assert not (torch.cat([calibration, heldout])[:, 1:] == bos).any()
+    assert data.added_bos(plain) is None  # a tokenizer that adds none: windows are drawn text only
+    model = torch.nn.Linear(2, 2)
+    assert request.settings(model, bos)["bos"] == bos and "bos" not in request.settings(model)

@@ -27,7 +27,7 @@ class _NotYet(Exception):
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _found_atlas(model_ref: str, request: AtlasRequest, root: str, _loaded: LoadedModel) -> Atlas:
     # keyed by the model reference: the app's cached base model of a reference never changes (ui.cache.load_base)
-    atlas = cached_atlas(_loaded.model, request, root)
+    atlas = cached_atlas(_loaded.model, _loaded.tokenizer, request, root)
     if atlas is None:
         raise _NotYet
     return atlas

@@ -31,22 +31,29 @@ def training_data(tokenizer: Any, spec: DistillSpec, seqlen: int,
     With ``eval_text: holdout`` the held-out windows are the tail of the training text and are removed
     from what training draws from, so the checkpoint is chosen on text the student never saw.
     """
-    ids = data.tokenize(tokenizer, data.load_text(spec.text, default=default_text).text)
+    bos = data.added_bos(tokenizer)
+    ids = _without_bos(data.tokenize(tokenizer, data.load_text(spec.text, default=default_text).text), bos)
     needed = spec.batch_size * seqlen
     if spec.eval_text == HOLDOUT:
-        held = spec.eval_windows * seqlen
+        # with a BOS each held-out window is <bos> + seqlen - 1 tokens of the tail, as evaluation scores it
+        held = spec.eval_windows * (seqlen - (bos is not None))
         if ids.numel() < needed + held:
             raise TextSourceError(
                 f"the training text {spec.text!r} has {ids.numel():,} tokens; one batch needs batch_size x seqlen = "
                 f"{spec.batch_size} x {seqlen} = {needed:,} and the held-out tail {spec.eval_windows} x {seqlen} = "
                 f"{held:,}; use a longer text, or a smaller batch_size, seqlen or eval_windows")
-        return ids[: ids.numel() - held], ids[ids.numel() - held:].view(spec.eval_windows, seqlen)
+        return ids[: ids.numel() - held], data.windows(ids[ids.numel() - held:], seqlen, spec.eval_windows, bos=bos)
     if ids.numel() < needed:
         raise TextSourceError(
             f"the training text {spec.text!r} has {ids.numel():,} tokens but one batch needs batch_size x seqlen = "
             f"{spec.batch_size} x {seqlen} = {needed:,}; use a longer text or a smaller batch_size or seqlen")
     eval_ids = data.tokenize(tokenizer, data.load_text(spec.eval_text, default=default_text).text)
-    return ids, data.windows(eval_ids, seqlen, spec.eval_windows)
+    return ids, data.windows(eval_ids, seqlen, spec.eval_windows, bos=bos)
+
+
+def _without_bos(ids: torch.Tensor, bos: int | None) -> torch.Tensor:
+    """The text's ids without the tokenizer's leading BOS (training windows put it back at every start)."""
+    return ids[1:] if bos is not None and ids.numel() and int(ids[0]) == bos else ids
 
 
 def _teacher_for(spec: DistillSpec, base: nn.Module | None, tokenizer: Any, like: nn.Module,
@@ -87,7 +94,7 @@ def run_step(model: nn.Module, spec: DistillSpec, teacher: nn.Module | None, tok
         notes.append("the student's weights are 16-bit, so updates smaller than their precision are lost; load the "
                      "model in fp32 (dtype: fp32) to train fp32 weights under autocast")
     report = distill_(student, teacher, spec, train_ids, eval_windows, on_progress=on_progress, cancel=cancel,
-                      on_step=on_step)
+                      on_step=on_step, bos=data.added_bos(student_tokenizer))
     result = report.as_dict()
     result.update(student=description, teacher=spec.teacher, notes=notes + result["notes"], kind="distill",
                   label=spec.label)

@@ -170,8 +170,9 @@ class _Trainer:
     """The optimizer, the held masks and the batch sampler of one run."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, spec: DistillSpec, train_ids: torch.Tensor,
-                 seqlen: int) -> None:
+                 seqlen: int, bos: int | None = None) -> None:
         self.student, self.teacher, self.spec, self.ids, self.seqlen = student, teacher, spec, train_ids, seqlen
+        self.bos = bos
         self.device = next(student.parameters()).device
         # quantized layers hold their zeros only when asked outright (hold_zeros: true)
         self.masks = zero_masks(student, quantized=spec.hold_zeros is True) if spec.holds_zeros else []
@@ -192,9 +193,14 @@ class _Trainer:
         return f"{dtype} weights, autocast {str(self.amp).replace('torch.', '')}" if self.amp else dtype
 
     def _batch(self) -> torch.Tensor:
-        """``batch_size`` random windows of the training ids: [b, seqlen] (seeded, so runs repeat)."""
-        starts = torch.randint(0, self.ids.numel() - self.seqlen + 1, (self.spec.batch_size,), generator=self.generator)
-        return torch.stack([self.ids[s : s + self.seqlen] for s in starts.tolist()]).to(self.device)
+        """``batch_size`` random windows of the training ids: [b, seqlen] (seeded, so runs repeat); with a BOS,
+        each is <bos> + seqlen - 1 drawn tokens, as the model saw its inputs start in training."""
+        drawn = self.seqlen - (self.bos is not None)
+        starts = torch.randint(0, self.ids.numel() - drawn + 1, (self.spec.batch_size,), generator=self.generator)
+        batch = torch.stack([self.ids[s : s + drawn] for s in starts.tolist()])
+        if self.bos is not None:
+            batch = torch.cat([torch.full((batch.shape[0], 1), self.bos, dtype=batch.dtype), batch], dim=1)
+        return batch.to(self.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp is None:
@@ -323,27 +329,29 @@ def _measure_last(trainer: _Trainer, best: _Best, eval_windows: torch.Tensor, em
 
 def distill_(student: nn.Module, teacher: nn.Module, spec: DistillSpec, train_ids: torch.Tensor,
              eval_windows: torch.Tensor, on_progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-             on_step: RecordFn | None = None) -> DistillReport:
+             on_step: RecordFn | None = None, bos: int | None = None) -> DistillReport:
     """Train ``student`` IN PLACE to match ``teacher`` (never modified; run in eval mode without gradients).
 
     ``train_ids`` [n] are the training token ids (random windows of ``eval_windows.shape[1]`` tokens are
-    drawn from them); ``eval_windows`` [w, seqlen] are the held-out windows the best checkpoint is
-    chosen on. The student ends with the best weights seen and in the train/eval mode it came in. A
-    quantized student trains through its grid and ends packed again, with the same scheme and scales.
+    drawn from them; with ``bos``, the id of a BOS the tokenizer adds, each window is it and ``seqlen - 1``
+    drawn tokens, as ``core.data.windows`` cuts the held-out ones); ``eval_windows`` [w, seqlen] are the
+    held-out windows the best checkpoint is chosen on. The student ends with the best weights seen and in the
+    train/eval mode it came in. A quantized student trains through its grid and ends packed again, with the
+    same scheme and scales.
     """
     started, seqlen = time.perf_counter(), int(eval_windows.shape[1])
     quantized = fake_quantize_(student)  # [] for a float student
     try:
-        return _distill(student, teacher, spec, train_ids, eval_windows, started, seqlen, quantized, on_progress,
-                        cancel, on_step)
+        trainer = _Trainer(student, teacher, spec, train_ids, seqlen, bos)
+        return _distill(trainer, eval_windows, started, quantized, on_progress, cancel, on_step)
     finally:
         repack_(student, quantized)
 
 
-def _distill(student: nn.Module, teacher: nn.Module, spec: DistillSpec, train_ids: torch.Tensor,
-             eval_windows: torch.Tensor, started: float, seqlen: int, quantized: list[str],
+def _distill(trainer: _Trainer, eval_windows: torch.Tensor, started: float, quantized: list[str],
              on_progress: ProgressFn | None, cancel: CancelFn | None, on_step: RecordFn | None) -> DistillReport:
-    trainer, best, curve = _Trainer(student, teacher, spec, train_ids, seqlen), _Best(), []
+    student, teacher, spec, seqlen = trainer.student, trainer.teacher, trainer.spec, trainer.seqlen
+    best, curve = _Best(), []
 
     def emit(record: StepRecord) -> None:
         curve.append(asdict(record))

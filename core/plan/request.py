@@ -37,29 +37,41 @@ class AtlasRequest:
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
 
-    def settings(self, model: nn.Module) -> dict:
+    def settings(self, model: nn.Module, bos: int | None = None) -> dict:
+        """What the atlas depends on besides the model and the menu (its cache key's settings); ``bos``: the
+        BOS id the windows start with (a tokenizer that adds one), absent from keys of tokenizers that add none."""
         c = self.calibration
-        return {"text": c.text, "samples": c.samples, "seqlen": c.seqlen, "seed": c.seed, "heldout": self.heldout,
-                "heldout_tokens": self.heldout_tokens,
-                "include": list(self.include), "exclude": list(self.exclude),
-                "dtype": str(next(model.parameters()).dtype)}
+        settings = {"text": c.text, "samples": c.samples, "seqlen": c.seqlen, "seed": c.seed,
+                    "heldout": self.heldout, "heldout_tokens": self.heldout_tokens,
+                    "include": list(self.include), "exclude": list(self.exclude),
+                    "dtype": str(next(model.parameters()).dtype)}
+        return settings if bos is None else {**settings, "bos": bos}
 
 
 def windows_for(request: AtlasRequest, tokenizer, default_text: str, context_length: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(calibration windows [samples, seqlen], held-out windows [heldout, seqlen]) of the request's text."""
+    """(calibration windows [samples, seqlen], held-out windows [heldout, seqlen]) of the request's text; each
+    starts with the tokenizer's BOS when it adds one, as a run's calibration windows do."""
     spec = request.calibration
     seqlen = min(spec.seqlen, context_length) if context_length else spec.seqlen
     ids = data.tokenize(tokenizer, data.load_text(spec.text, default=default_text).text)
-    windows = data.calibration_batches(ids, spec.samples + request.heldout, seqlen, spec.seed)
+    windows = data.calibration_batches(ids, spec.samples + request.heldout, seqlen, spec.seed,
+                                       bos=data.added_bos(tokenizer))
     return windows[: spec.samples], windows[spec.samples :, : request.heldout_tokens]
 
 
-def cached_atlas(model: nn.Module, request: AtlasRequest, cache_root: str | Path | None) -> Atlas | None:
-    """The cached atlas that answers ``request`` (a measured one answers proxy requests too), or None."""
+def _key(model: nn.Module, tokenizer, request: AtlasRequest) -> str:
+    settings = request.settings(model, data.added_bos(tokenizer))
+    return atlas_key(request.model, weights_fingerprint(model), settings, request.menu.key())
+
+
+def cached_atlas(model: nn.Module, tokenizer, request: AtlasRequest,
+                 cache_root: str | Path | None) -> Atlas | None:
+    """The cached atlas that answers ``request`` for ``model`` and its tokenizer (a measured one answers proxy
+    requests too), or None."""
     if cache_root is None:
         return None
-    key = atlas_key(request.model, weights_fingerprint(model), request.settings(model), request.menu.key())
+    key = _key(model, tokenizer, request)
     atlas = load_atlas(cache_root, key)
     return atlas if atlas is not None and (request.mode == "proxy" or atlas.measured) else None
 
@@ -68,7 +80,7 @@ def atlas_for(model: nn.Module, tokenizer, default_text: str, request: AtlasRequ
               cache_root: str | Path | None = None, context_length: int | None = None,
               on_progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> Atlas:
     """The atlas for ``request``: cached under ``cache_root`` (a results folder), else built and cached there."""
-    key = atlas_key(request.model, weights_fingerprint(model), request.settings(model), request.menu.key())
+    key = _key(model, tokenizer, request)
     found = load_atlas(cache_root, key) if cache_root is not None else None
     if found is not None and (request.mode == "proxy" or found.measured):
         report(on_progress, "atlas: cached", 1.0)
@@ -79,7 +91,7 @@ def atlas_for(model: nn.Module, tokenizer, default_text: str, request: AtlasRequ
     atlas = build_atlas(model, request.model, request.menu, calibration, heldout, request.mode == "measured",
                         request.include, request.exclude, on_progress, cancel)
     atlas.key = key
-    atlas.settings.update(request.settings(model))
+    atlas.settings.update(request.settings(model, data.added_bos(tokenizer)))
     atlas.timings["total_s"] = time.perf_counter() - started
     if cache_root is not None:
         save_atlas(cache_root, atlas)

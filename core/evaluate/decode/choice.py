@@ -1,6 +1,6 @@
 """Which decoder runs a model: the fastest exact one for its family and kernels, checked, built once per model.
 
-``plan_steps`` lists the decode steps that can run a model, fastest first (``families.LOOP_ORDER``
+``plan_steps`` lists the decode steps that can run a model, fastest first (``LOOP_ORDER``
 for the kind of kernel it runs), and says why the others cannot. ``open_decoder`` tries them in
 order: each is built, run on the prompt and a few greedy tokens, and kept only when its logits
 equal the model's own forward on the same tokens (``check_exact``; a compiled step that fails to
@@ -20,8 +20,20 @@ from torch import nn
 
 from core.evaluate.decode import hand
 from core.evaluate.decode.compiled import DEFAULT_SETTINGS, CompileSettings, compiler_unavailable
-from core.evaluate.decode.families import LOOP_ORDER, family_of
 from core.evaluate.decode.loops import DynamicCacheDecoder, StaticCacheDecoder, static_cache_reason
+
+# The decode steps, fastest first, per kind of matmul kernel the model runs (``kernel_kind``); the
+# first that can run the model exactly is used. bench/accel_bench.py times them side by side; where the
+# generic compiled step is within 10% of the hand step it comes first, so a family needs no entry.
+# fbgemm's int8 weights are an opaque object torch.compile cannot trace, so int8_dynamic keeps the
+# hand step, whose stacked q/k/v and gate/up matmuls enter fbgemm once per stack.
+LOOP_ORDER: dict[str, tuple[str, ...]] = {
+    "dense": ("compiled", "hand", "eager"),
+    "int8_weight_only": ("compiled", "hand", "eager"),
+    "int4_weight_only": ("compiled", "hand", "eager"),
+    "int8_dynamic": ("hand", "compiled", "eager"),
+    "dequant": ("compiled", "hand", "eager"),
+}
 
 # Below this many parameters compiling (tens of seconds) costs more than the whole evaluation of the
 # model, and "auto" runs the fastest eager step instead (and says so).
@@ -73,11 +85,11 @@ def plan_steps(model: nn.Module, compile: bool | None = None, max_len: int | Non
     static = static_cache_reason(model)
     if static:
         return StepPlan(("dynamic",), (static,))
-    family = family_of(getattr(model.config, "model_type", None))
-    hand_reason = (f"no hand-written step for family {model.config.model_type!r}" if family.hand is None
-                   else hand.unsupported_reason(model, family.hand, max_len))
+    layout = hand.hand_layout(model)
+    hand_reason = (f"no hand-written step for family {model.config.model_type!r}" if layout is None
+                   else hand.unsupported_reason(model, layout, max_len))
     compile_reason = _compile_reason(model, compile)
-    steps, notes = [], [family.note] if family.note else []
+    steps, notes = [], []
     for step in LOOP_ORDER.get(kernel_kind(model), LOOP_ORDER["dense"]):
         reason = hand_reason if step.startswith("hand") else None
         reason = reason or (compile_reason if step.endswith("compiled") else None)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.evaluate.decode.families import HandLayout
+from core.architectures import HandLayout, family_of
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -33,6 +33,12 @@ def _path(root: nn.Module, dotted: str) -> nn.Module | None:
         if root is None:
             return None
     return root
+
+
+def hand_layout(model: nn.Module) -> HandLayout | None:
+    """Where the hand-written step finds the model's parts (``core.architectures``), or None."""
+    family = family_of(model)
+    return family.decode_layout if family is not None else None
 
 
 def unsupported_reason(model: nn.Module, layout: HandLayout, max_len: int | None = None) -> str | None:

@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from core.evaluate.decode.compiled import DEFAULT_SETTINGS, CompiledStep, CompileSettings
-from core.evaluate.decode.families import family_of
-from core.evaluate.decode.hand import HandStep
+from core.evaluate.decode.hand import HandStep, hand_layout
 
 STEPS = ("compiled", "hand", "hand-compiled", "eager")
 PREFILL = "prefill: transformers forward"
@@ -82,7 +81,7 @@ class StaticCacheDecoder:
         device = next(model.parameters()).device
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         self.positions = torch.arange(max_len, device=device)
-        self.hand = HandStep(model, family_of(model.config.model_type).hand, max_len) if "hand" in step else None
+        self.hand = HandStep(model, hand_layout(model), max_len) if "hand" in step else None
         eager = self._hand_step if self.hand is not None else self._forward_step
         self.step = CompiledStep(eager, settings) if step.endswith("compiled") else eager
         self.length = 0

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from core.architectures import family_of_block, part
+from core.architectures import FAMILIES, Mlp, family_of_block, part
 from core.checks import require
 from core.errors import SpecError
 from core.layers import Conv1D, decoder_blocks, linear_layers, weight_matrix
@@ -32,13 +32,10 @@ class MlpParts(NamedTuple):
     fused_halves: bool = False
 
 
-# For models outside core.architectures' families: (input-side projections, output-side projection, width keys)
-MLP_FAMILIES: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = (
-    (("gate_proj", "up_proj"), "down_proj", ("intermediate_size",)),  # Llama, Qwen2, Mistral
-    (("fc1",), "fc2", ("ffn_dim", "intermediate_size")),  # OPT
-    (("dense_h_to_4h",), "dense_4h_to_h", ("intermediate_size",)),  # GPT-NeoX
-    (("mlp.c_fc",), "mlp.c_proj", ("n_inner", "intermediate_size")),  # GPT-2 (Conv1D, weight [in, out])
-)
+def _known_mlps() -> list[Mlp]:
+    """The MLP layouts of ``core.architectures``' families, each once: tried by name on a block of a model
+    outside those families (a custom model_type built like one of them)."""
+    return list(dict.fromkeys(family.mlp for family in FAMILIES.values()))
 
 
 def slice_linear_(module: nn.Module, index: torch.Tensor, side: str) -> None:
@@ -66,10 +63,10 @@ def mlp_parts(block: nn.Module) -> MlpParts | None:
         inputs, output = [part(block, name) for name in mlp.inputs], part(block, mlp.output)
         if output is not None and None not in inputs:
             return MlpParts(inputs, output, mlp.width_keys, mlp.fused_halves)
-    for input_names, output_name, keys in MLP_FAMILIES:
-        inputs, output = [find_linear(block, name) for name in input_names], find_linear(block, output_name)
+    for known in _known_mlps():
+        inputs, output = [find_linear(block, name) for name in known.inputs], find_linear(block, known.output)
         if output is not None and None not in inputs:
-            return MlpParts(inputs, output, keys)
+            return MlpParts(inputs, output, known.width_keys, known.fused_halves)
     return None
 
 
