@@ -10,6 +10,8 @@ Requests (one JSON object per line):
 * ``{"op": "nll", "file": F, "windows": [[ids]], "threads": T}`` - summed negative log-likelihood of
   every window's tokens after the first (the perplexity protocol of ``core.evaluate``), from
   llama.cpp's own logits. Answer: ``{"nll", "tokens"}``.
+* ``{"op": "logits", "file": F, "tokens": [ids], "threads": T}`` - llama.cpp's logits at every position of
+  one sequence evaluated in one batch (``logits_all``). Answer: ``{"logits": [[float] per position]}``.
 * ``{"op": "versions"}``, ``{"op": "quit"}``.
 
 A file is loaded once (kept per file and thread count); the KV cache is cleared before every run.
@@ -77,6 +79,14 @@ def _nll(request: dict) -> dict:
     return {"nll": total, "tokens": count}
 
 
+def _logits(request: dict) -> dict:
+    tokens = list(request["tokens"])
+    model = _model(request["file"], int(request["threads"]), True, len(tokens) + 8)
+    model.reset()
+    model.eval(tokens)
+    return {"logits": np.asarray(model.scores[:len(tokens)], dtype=np.float32).tolist()}
+
+
 def _versions() -> dict:
     import llama_cpp
 
@@ -84,7 +94,7 @@ def _versions() -> dict:
 
 
 def main() -> None:
-    handlers = {"time": _time, "nll": _nll, "versions": lambda _: _versions()}
+    handlers = {"time": _time, "nll": _nll, "logits": _logits, "versions": lambda _: _versions()}
     for line in sys.stdin:
         if not line.strip():
             continue

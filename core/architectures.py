@@ -82,13 +82,22 @@ class Mlp:
 @dataclass(frozen=True)
 class Gguf:
     """How llama.cpp stores the family: its architecture name, the gguf tensor-name map to use, and what
-    it expects of the tensors and metadata (``keys``: extra metadata this family carries)."""
+    it expects of the tensors and metadata (``keys``: extra metadata this family carries).
+
+    ``read_back``: who rebuilds a written file for the export check: ``transformers`` (its GGUF loader) or
+    ``squeezelab`` (``core.models.gguf_read``, where transformers' loader cannot rebuild the family faithfully).
+    ``refusal``: why llama.cpp's architecture cannot run a variant of the family (None: it can)."""
 
     arch: str
     names: str  # a gguf.MODEL_ARCH member
     permute_qk: bool = False  # q/k rows interleaved for llama.cpp's rotary layout (Llama only)
     norm_shift: float = 0.0  # added to every norm weight (Gemma: llama.cpp multiplies by w, not 1 + w)
-    keys: tuple[str, ...] = ()  # key_length | sliding_window | softcapping | rope_dimensions
+    keys: tuple[str, ...] = ()  # key_length | sliding_window | softcapping | rope_dimensions | parallel_residual
+    eps_key: str = "rms_norm_eps"  # the config field of the norms' epsilon
+    rope: bool = True  # rotary positions (GPT-2 adds learned absolute position embeddings instead)
+    stack_qkv: bool = False  # a fused per-head / per-group qkv is stored as [q | k | v] rows, as llama.cpp reads it
+    read_back: str = "transformers"
+    refusal: Callable[[Any], str | None] = field(default=lambda config: None)
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,38 @@ def _falcon_sequential(config: Any) -> bool:
 
 
 _FALCON_QKV, _FALCON_UP = "self_attention.query_key_value", "mlp.dense_h_to_4h"
+# llama.cpp's GELU is the tanh form; the exact (erf) GELU of GPT-NeoX and Falcon differs from it by < 1e-3
+_GELUS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
+
+def _gelu_refusal(activation: str | None, arch: str) -> str | None:
+    if activation not in _GELUS:
+        return f"llama.cpp's {arch} runs GELU in the MLP, and this model uses {activation!r}"
+    return None
+
+
+def _gpt2_gguf_refusal(config: Any) -> str | None:
+    if getattr(config, "scale_attn_by_inverse_layer_idx", False) or not getattr(config, "scale_attn_weights", True):
+        return "llama.cpp's gpt2 scales attention by 1/sqrt(head size) alone, and this model scales it otherwise"
+    return _gelu_refusal(config.activation_function, "gpt2")
+
+
+def _neox_gguf_refusal(config: Any) -> str | None:
+    if not getattr(config, "attention_bias", True):
+        return "llama.cpp's gptneox reads attention biases, and this model has none (attention_bias: false)"
+    return _gelu_refusal(config.hidden_act, "gptneox")
+
+
+def _falcon_gguf_refusal(config: Any) -> str | None:
+    if config.alibi:
+        return "llama.cpp's falcon has rotary positions only, and this model uses ALiBi (alibi: true, as Falcon-RW)"
+    if not config.parallel_attn:
+        return ("llama.cpp's falcon adds attention and MLP in parallel, and this model runs them one after the other "
+                "(parallel_attn: false)")
+    if config.bias:
+        return "llama.cpp's falcon has no linear biases, and this model has them (bias: true)"
+    return _gelu_refusal(config.activation, "falcon")
+
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family("llama", ("llama",), "model.layers", NORM_RMS, _LLAMA_ATTENTION, _LLAMA_MLP, _LLAMA_FOLDS,
@@ -188,8 +229,8 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
            Mlp(("mlp.c_fc",), "mlp.c_proj", ("n_inner",)),
            (Fold("norm", "ln_1", ("attn.c_attn",)), Fold("heads", "attn.c_attn", ("attn.c_proj",), rows="values"),
             Fold("norm", "ln_2", ("mlp.c_fc",))),  # c_proj reads GELU(c_fc): no exact fold
-           gguf_refusal="transformers' GGUF loader rebuilds GPT-2 without its n_positions, so the export could not "
-                        "be checked"),
+           gguf=Gguf("gpt2", "GPT2", eps_key="layer_norm_epsilon", rope=False, read_back="squeezelab",
+                     refusal=_gpt2_gguf_refusal)),
     Family("opt", ("opt",), "model.decoder.layers", NORM_LAYER,
            Attention(SEPARATE, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.out_proj",
                      head_dim_key=None),
@@ -206,8 +247,8 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
             Fold("heads", "attention.query_key_value", ("attention.dense",), rows="values"),
             Fold("norm", "post_attention_layernorm", ("mlp.dense_h_to_4h",))),  # dense_4h_to_h reads GELU
            residual="parallel",
-           gguf_refusal="transformers' GGUF loader cannot read GPT-NeoX files (llama.cpp's gptneox), so the export "
-                        "could not be checked"),
+           gguf=Gguf("gptneox", "GPTNEOX", keys=("rope_dimensions", "parallel_residual"), eps_key="layer_norm_eps",
+                     stack_qkv=True, read_back="squeezelab", refusal=_neox_gguf_refusal)),
     Family("falcon", ("falcon",), "transformer.h", NORM_LAYER,
            Attention(GROUPED, (_FALCON_QKV,), "self_attention.dense", head_dim_key=None),
            Mlp((_FALCON_UP,), "mlp.dense_4h_to_h", ("ffn_hidden_size",)),
@@ -218,8 +259,8 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
             Fold("norm", "ln_mlp", (_FALCON_UP,), when=_falcon_two_norms),
             Fold("heads", _FALCON_QKV, ("self_attention.dense",), rows="values")),
            residual="parallel",
-           gguf_refusal="transformers reads llama.cpp's Falcon files with the key/value heads in another order than "
-                        "its own Falcon, so the export could not be checked"),
+           gguf=Gguf("falcon", "FALCON", eps_key="layer_norm_epsilon", stack_qkv=True, read_back="squeezelab",
+                     refusal=_falcon_gguf_refusal)),
 )}
 
 _BY_MODEL_TYPE = {model_type: family for family in FAMILIES.values() for model_type in family.model_types}
@@ -299,3 +340,38 @@ def value_rows(family: Family, config: Any) -> torch.Tensor | None:
     if family.attention.layout == SEPARATE:
         return None
     return qkv_rows(family.attention.layout, *attention_heads(config, family))[2].reshape(-1)
+
+
+def mlp_width(config: Any, family: Family) -> int:
+    """The MLP's width: the first of the family's width keys that is set (GPT-2's n_inner: None means 4 x hidden)."""
+    widths = (getattr(config, key, None) for key in family.mlp.width_keys)
+    return int(next((width for width in widths if width), 4 * config.hidden_size))
+
+
+def rotary_dims(config: Any, head_dim: int) -> int:
+    """How many of a head's dimensions turn with the rotary embedding (GPT-NeoX's rotary_pct: a part of them)."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    factor = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None)) if isinstance(
+        rope, dict) else None
+    return int(head_dim * (factor if factor is not None else 1.0))
+
+
+# ---- the row orders of llama.cpp's GGUF files ----
+
+
+def gguf_row_order(name: str, config: Any, family: Family) -> torch.Tensor | None:
+    """The rows of the HF tensor ``name`` in the order llama.cpp's converter stores them (file row i is HF row
+    order[i]), or None when they are stored as they are: Llama's q/k rows with each head's two rotary halves
+    interleaved; a fused per-head (GPT-NeoX) or per-group (Falcon) qkv as [all q | all k | all v]."""
+    facts = family.gguf
+    if facts is None or not name.endswith((".weight", ".bias")):
+        return None
+    module = name.rsplit(".", 1)[0]
+    heads, kv, head_dim = attention_heads(config, family)
+    if facts.permute_qk and module.endswith(family.attention.qkv[:2]):
+        count = heads if module.endswith(family.attention.qkv[0]) else kv
+        return torch.arange(count * head_dim).view(count, 2, head_dim // 2).transpose(1, 2).reshape(-1)
+    if facts.stack_qkv and family.attention.layout != SEPARATE and module.endswith(family.attention.qkv[0]):
+        q, k, v = qkv_rows(family.attention.layout, heads, kv, head_dim)
+        return torch.cat([q.reshape(-1), k.reshape(-1), v.reshape(-1)])
+    return None
