@@ -241,14 +241,27 @@ def test_a_gguf_file_of_an_own_read_family_loads_as_a_model_reference(trained, t
     torch.testing.assert_close(_logits(loaded.model, windows), _logits(model, windows), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("overrides,why", [({"alibi": True}, "ALiBi"), ({"bias": True}, "bias: true"),
-                                           ({"parallel_attn": False}, "parallel_attn: false")])
-def test_gguf_refuses_the_falcon_variants_llama_cpp_does_not_run(overrides, why, tmp_path):
-    tokenizer = family_tokenizer("falcon")
-    model = tiny_causal_lm("falcon", tokenizer, **overrides)
-    with pytest.raises(SpecError, match=f"cannot write this 'falcon' model: llama.cpp's falcon .*{re.escape(why)}.*"
-                                        "Export as format hf or compressed-tensors"):
-        export_model(model, tokenizer, ExportSpec(format="gguf"), _windows("falcon", tokenizer, 1), out=tmp_path / "o")
+# Variants a family's llama.cpp architecture would run as another model: refused before anything is written
+GGUF_VARIANT_REFUSALS = [
+    ("falcon", {"alibi": True}, "llama.cpp's falcon has rotary positions only, no ALiBi", "alibi: True"),
+    ("falcon", {"bias": True}, "llama.cpp's falcon has no linear biases", "bias: True"),
+    ("falcon", {"parallel_attn": False}, "falcon adds attention and MLP in parallel", "parallel_attn: False"),
+    ("gpt_neox", {"hidden_act": "relu"}, "llama.cpp's gptneox runs GELU in the MLP", "hidden_act: 'relu'"),
+    ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "does not scale attention by 1/layer", "idx: True"),
+    ("qwen3", {"hidden_act": "gelu"}, "llama.cpp's qwen3 runs SiLU in the MLP", "hidden_act: 'gelu'"),
+    ("gemma2", {"query_pre_attn_scalar": 64}, "queries by 1/sqrt(256)", "1/sqrt(64) (query_pre_attn_scalar)"),
+    ("gemma3", {"final_logit_softcapping": 30.0}, "does not soft-cap", "final_logit_softcapping: 30.0"),
+]
+
+
+@pytest.mark.parametrize("family,overrides,does,has", GGUF_VARIANT_REFUSALS,
+                         ids=[f"{family}-{next(iter(overrides))}" for family, overrides, _, _ in GGUF_VARIANT_REFUSALS])
+def test_gguf_refuses_variants_llama_cpp_would_run_as_another_model(family, overrides, does, has, tmp_path):
+    tokenizer = family_tokenizer(family)
+    model = tiny_causal_lm(family, tokenizer, **overrides)
+    with pytest.raises(SpecError, match=f"cannot write this '{model.config.model_type}' model: .*{re.escape(does)}.*"
+                                        f"{re.escape(has)}.*Export as format hf or compressed-tensors"):
+        export_model(model, tokenizer, ExportSpec(format="gguf"), _windows(family, tokenizer, 1), out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
 

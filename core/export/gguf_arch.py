@@ -50,10 +50,7 @@ def gguf_facts(model: nn.Module) -> tuple[Family, Gguf]:
         writable = ", ".join(sorted(name for name, f in _families().items() if f.gguf is not None))
         raise SpecError(f"GGUF export cannot write a {config.model_type!r} model: {why}. GGUF is written for "
                         f"{writable}; formats that can write this model: hf, compressed-tensors")
-    variant = family.gguf.refusal(config)
-    if variant:
-        raise SpecError(f"GGUF export cannot write this {config.model_type!r} model: {variant}. Export as format hf "
-                        "or compressed-tensors")
+    _check_variant(config, family.gguf)
     for rope in _rope_parameters(config):
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             raise SpecError(f"GGUF export writes default rotary embeddings only; this model uses "
@@ -67,6 +64,16 @@ def gguf_facts(model: nn.Module) -> tuple[Family, Gguf]:
                         f"({', '.join(layer_types)}) are not its family's default pattern, which readers rebuild; "
                         "export as format hf or compressed-tensors")
     return family, family.gguf
+
+
+def _check_variant(config: Any, facts: Gguf) -> None:
+    """SpecError when llama.cpp's architecture would run another model than this config describes."""
+    unmet = next((need for need in facts.requires if getattr(config, need.key, None) not in need.allowed), None)
+    why = f"llama.cpp's {facts.arch} {unmet.does}, and this model has {unmet.key}: " \
+          f"{getattr(config, unmet.key, None)!r}" if unmet else facts.refusal(config)
+    if why:
+        raise SpecError(f"GGUF export cannot write this {config.model_type!r} model: {why}. Export as format hf or "
+                        "compressed-tensors")
 
 
 def _default_layer_types(config: Any) -> list[str] | None:
@@ -148,6 +155,8 @@ def _write_attention_extras(writer, config: Any, facts: Gguf, head_dim: int) -> 
         writer.add_value_length(head_dim)
     if "sliding_window" in facts.keys and getattr(config, "sliding_window", None):
         writer.add_sliding_window(int(config.sliding_window))
+    if "rope_swa" in facts.keys:
+        writer.add_rope_freq_base_swa(rope_base(config, "sliding_attention"))
     if "softcapping" in facts.keys:
         for key, add in (("attn_logit_softcapping", writer.add_attn_logit_softcapping),
                          ("final_logit_softcapping", writer.add_final_logit_softcapping)):
