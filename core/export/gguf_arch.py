@@ -2,7 +2,8 @@
 names, metadata keys and the per-tensor conventions its converter (``convert_hf_to_gguf.py``) applies.
 
 The facts come from ``core.architectures`` (``Family.gguf``, or ``gguf_refusal`` saying why a family is not
-written; ``Gguf.refusal`` for a variant llama.cpp's architecture does not run). Per family:
+written; ``Gguf.requires`` and ``Gguf.refusal`` for a variant llama.cpp's architecture would run as another
+model: another MLP activation, Gemma's query scale or soft-capping, ...). Per family:
 
 * Llama and Mistral (architecture ``llama``): q/k rows permuted for llama.cpp's rotary layout;
 * Qwen2 / Qwen3: no permutation; Qwen2's q/k/v biases, Qwen3's q/k norms (``attn_q_norm``), the head size;

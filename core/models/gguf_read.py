@@ -183,7 +183,8 @@ def _load_tensors_(model: nn.Module, meta: _Metadata, family: Family, path: Path
         if value.shape != parameter.shape:
             raise ModelFileError(f"{path}: tensor {target} is {tuple(value.shape)} but the model its metadata "
                                  f"describes needs {tuple(parameter.shape)} for {name}; export it again")
-        state[name], _ = value, used.add(target)
+        state[name] = value
+        used.add(target)
     missing = [name for name, _ in model.named_parameters() if name not in state]
     unused = sorted(set(meta.tensors) - used)
     if missing or unused:
