@@ -10,6 +10,9 @@ Requests (one JSON object per line):
 * ``{"op": "nll", "file": F, "windows": [[ids]], "threads": T}`` - summed negative log-likelihood of
   every window's tokens after the first (the perplexity protocol of ``core.evaluate``), from
   llama.cpp's own logits. Answer: ``{"nll", "tokens"}``.
+* ``{"op": "logits", "file": F, "tokens": [ids], "threads": T, "kv_f32": bool}`` - llama.cpp's logits at every
+  position of one sequence evaluated in one batch (``logits_all``; ``kv_f32``: an fp32 KV cache instead of
+  llama.cpp's default fp16 one). Answer: ``{"logits": [[float] per position]}``.
 * ``{"op": "versions"}``, ``{"op": "quit"}``.
 
 A file is loaded once (kept per file and thread count); the KV cache is cleared before every run.
@@ -24,17 +27,18 @@ import time
 
 import numpy as np
 
-_models: dict[tuple[str, int, bool], object] = {}
+_models: dict[tuple[str, int, bool, bool], object] = {}
 
 
-def _model(path: str, threads: int, all_logits: bool, n_ctx: int):  # noqa: ANN202
+def _model(path: str, threads: int, all_logits: bool, n_ctx: int, kv_f32: bool = False):  # noqa: ANN202
     import llama_cpp
 
-    key = (path, threads, all_logits)
+    key = (path, threads, all_logits, kv_f32)
     model = _models.get(key)
     if model is None or model.n_ctx() < n_ctx:
+        cache = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if kv_f32 else {}
         model = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=max(n_ctx, 512),
-                                n_batch=512, logits_all=all_logits, verbose=False)
+                                n_batch=512, logits_all=all_logits, verbose=False, **cache)
         _models[key] = model
     return model
 
@@ -77,6 +81,14 @@ def _nll(request: dict) -> dict:
     return {"nll": total, "tokens": count}
 
 
+def _logits(request: dict) -> dict:
+    tokens = list(request["tokens"])
+    model = _model(request["file"], int(request["threads"]), True, len(tokens) + 8, bool(request.get("kv_f32")))
+    model.reset()
+    model.eval(tokens)
+    return {"logits": np.asarray(model.scores[:len(tokens)], dtype=np.float32).tolist()}
+
+
 def _versions() -> dict:
     import llama_cpp
 
@@ -84,7 +96,7 @@ def _versions() -> dict:
 
 
 def main() -> None:
-    handlers = {"time": _time, "nll": _nll, "versions": lambda _: _versions()}
+    handlers = {"time": _time, "nll": _nll, "logits": _logits, "versions": lambda _: _versions()}
     for line in sys.stdin:
         if not line.strip():
             continue

@@ -82,15 +82,37 @@ class Mlp:
 
 
 @dataclass(frozen=True)
+class Requirement:
+    """A config value llama.cpp's architecture assumes: ``key`` is one of ``allowed``, or the file would run another
+    model there (``does`` says what llama.cpp does, e.g. "runs SiLU in the MLP")."""
+
+    key: str
+    allowed: tuple[Any, ...]
+    does: str
+
+
+@dataclass(frozen=True)
 class Gguf:
     """How llama.cpp stores the family: its architecture name, the gguf tensor-name map to use, and what
-    it expects of the tensors and metadata (``keys``: extra metadata this family carries)."""
+    it expects of the tensors and metadata (``keys``: extra metadata this family carries).
+
+    ``read_back``: who rebuilds a written file for the export check: ``transformers`` (its GGUF loader) or
+    ``squeezelab`` (``core.models.gguf_read``, where transformers' loader cannot rebuild the family faithfully).
+    ``requires``: the config values llama.cpp's architecture assumes (a variant with others is refused);
+    ``refusal``: the same for what one field cannot say (None: llama.cpp runs the config)."""
 
     arch: str
     names: str  # a gguf.MODEL_ARCH member
     permute_qk: bool = False  # q/k rows interleaved for llama.cpp's rotary layout (Llama only)
     norm_shift: float = 0.0  # added to every norm weight (Gemma: llama.cpp multiplies by w, not 1 + w)
-    keys: tuple[str, ...] = ()  # key_length | sliding_window | softcapping | rope_dimensions
+    keys: tuple[str, ...] = ()  # key_length | sliding_window | softcapping | rope_dimensions | parallel_residual
+    # | rope_swa (the sliding-window blocks' RoPE base)
+    eps_key: str = "rms_norm_eps"  # the config field of the norms' epsilon
+    rope: bool = True  # rotary positions (GPT-2 adds learned absolute position embeddings instead)
+    stack_qkv: bool = False  # a fused per-head / per-group qkv is stored as [q | k | v] rows, as llama.cpp reads it
+    read_back: str = "transformers"
+    requires: tuple[Requirement, ...] = ()
+    refusal: Callable[[Any], str | None] = field(default=lambda config: None)
 
 
 @dataclass(frozen=True)
@@ -187,22 +209,58 @@ def _falcon_sequential(config: Any) -> bool:
 
 
 _FALCON_QKV, _FALCON_UP = "self_attention.query_key_value", "mlp.dense_h_to_4h"
+# llama.cpp's MLP activations: SiLU (Llama-style gated MLPs), GELU in its tanh form (the exact, erf GELU of GPT-NeoX
+# and Falcon differs from it by less than llama.cpp's own fp16 GELU table does)
+_SILU = Requirement("hidden_act", ("silu",), "runs SiLU in the MLP")
+_GELUS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+_GPT2_GGUF = (Requirement("activation_function", _GELUS, "runs GELU in the MLP"),
+              Requirement("scale_attn_weights", (True,), "scales attention scores by 1/sqrt(head size)"),
+              Requirement("scale_attn_by_inverse_layer_idx", (False,), "does not scale attention by 1/layer"))
+_NEOX_GGUF = (Requirement("hidden_act", _GELUS, "runs GELU in the MLP"),
+              Requirement("attention_bias", (True,), "reads attention biases"))
+_FALCON_GGUF = (Requirement("activation", _GELUS, "runs GELU in the MLP"),
+                Requirement("alibi", (False,), "has rotary positions only, no ALiBi (as Falcon-RW uses)"),
+                Requirement("parallel_attn", (True,), "adds attention and MLP in parallel"),
+                Requirement("bias", (False,), "has no linear biases"))
+_GEMMA_GGUF = (Requirement("hidden_activation", _GELUS, "runs GELU in the MLP"),)
+
+
+def _gemma_refusal(layers_of_27b: int, soft_caps: bool) -> Callable[[Any], str | None]:
+    """llama.cpp's Gemma scales queries by 1/sqrt(head size), or by 1/sqrt(hidden / heads) at the 27B model's block
+    count (transformers: by 1/sqrt(query_pre_attn_scalar)); Gemma-2 always soft-caps, Gemma-3 never does."""
+
+    def refusal(config: Any) -> str | None:
+        wide = config.num_hidden_layers == layers_of_27b
+        expected = config.hidden_size // config.num_attention_heads if wide else config.head_dim
+        if config.query_pre_attn_scalar != expected:
+            return (f"llama.cpp scales this Gemma's queries by 1/sqrt({expected}) (from its head size and block "
+                    f"count), and this model by 1/sqrt({config.query_pre_attn_scalar}) (query_pre_attn_scalar)")
+        caps = [key for key in ("attn_logit_softcapping", "final_logit_softcapping")[not soft_caps:]
+                if (getattr(config, key, None) is not None) != soft_caps]
+        return (f"llama.cpp's Gemma {'always soft-caps' if soft_caps else 'does not soft-cap'} here, and this model "
+                f"has {caps[0]}: {getattr(config, caps[0], None)!r}") if caps else None
+    return refusal
+
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family("llama", ("llama",), "model.layers", NORM_RMS, _LLAMA_ATTENTION, _LLAMA_MLP, _LLAMA_FOLDS,
-           decode_layout=LLAMA_DECODE, gguf=Gguf("llama", "LLAMA", permute_qk=True, keys=_LLAMA_GGUF_KEYS)),
+           decode_layout=LLAMA_DECODE, gguf=Gguf("llama", "LLAMA", permute_qk=True, keys=_LLAMA_GGUF_KEYS,
+                                            requires=(_SILU,))),
     Family("mistral", ("mistral",), "model.layers", NORM_RMS, _LLAMA_ATTENTION, _LLAMA_MLP, _LLAMA_FOLDS,
-           decode_layout=LLAMA_DECODE, gguf=Gguf("llama", "LLAMA", permute_qk=True, keys=_LLAMA_GGUF_KEYS)),
+           decode_layout=LLAMA_DECODE, gguf=Gguf("llama", "LLAMA", permute_qk=True, keys=_LLAMA_GGUF_KEYS,
+                                            requires=(_SILU,))),
     Family("qwen2", ("qwen2",), "model.layers", NORM_RMS, _LLAMA_ATTENTION, _LLAMA_MLP, _LLAMA_FOLDS,
-           decode_layout=LLAMA_DECODE, gguf=Gguf("qwen2", "QWEN2")),
+           decode_layout=LLAMA_DECODE, gguf=Gguf("qwen2", "QWEN2", requires=(_SILU,))),
     Family("qwen3", ("qwen3",), "model.layers", NORM_RMS, _LLAMA_ATTENTION, _LLAMA_MLP, _LLAMA_FOLDS,
-           decode_layout=LLAMA_DECODE, gguf=Gguf("qwen3", "QWEN3", keys=("key_length",))),
+           decode_layout=LLAMA_DECODE, gguf=Gguf("qwen3", "QWEN3", keys=("key_length",), requires=(_SILU,))),
     Family("gemma2", ("gemma2",), "model.layers", NORM_RMS_PLUS_ONE, _LLAMA_ATTENTION, _LLAMA_MLP, _GEMMA_FOLDS,
            embedding_scale="sqrt_hidden", residual="sandwich",
-           gguf=Gguf("gemma2", "GEMMA2", norm_shift=1.0, keys=_GEMMA_GGUF_KEYS)),
+           gguf=Gguf("gemma2", "GEMMA2", norm_shift=1.0, keys=_GEMMA_GGUF_KEYS, requires=_GEMMA_GGUF,
+                     refusal=_gemma_refusal(46, soft_caps=True))),
     Family("gemma3", ("gemma3_text",), "model.layers", NORM_RMS_PLUS_ONE, _LLAMA_ATTENTION, _LLAMA_MLP, _GEMMA_FOLDS,
            embedding_scale="sqrt_hidden", residual="sandwich",
-           gguf=Gguf("gemma3", "GEMMA3", norm_shift=1.0, keys=("key_length", "sliding_window"))),
+           gguf=Gguf("gemma3", "GEMMA3", norm_shift=1.0, keys=("key_length", "sliding_window", "rope_swa"),
+                     requires=_GEMMA_GGUF, refusal=_gemma_refusal(62, soft_caps=False))),
     Family("phi3", ("phi3",), "model.layers", NORM_RMS,
            Attention(STACKED, ("self_attn.qkv_proj",), "self_attn.o_proj"),
            Mlp(("mlp.gate_up_proj",), "mlp.down_proj", ("intermediate_size",), fused_halves=True),
@@ -210,14 +268,14 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
             Fold("heads", "self_attn.qkv_proj", ("self_attn.o_proj",), rows="values"),
             Fold("norm", "post_attention_layernorm", ("mlp.gate_up_proj",)),
             Fold("rows", "mlp.gate_up_proj", ("mlp.down_proj",), rows="second_half")),
-           gguf=Gguf("phi3", "PHI3", keys=("rope_dimensions",))),
+           gguf=Gguf("phi3", "PHI3", keys=("rope_dimensions",), requires=(_SILU,))),
     Family("gpt2", ("gpt2",), "transformer.h", NORM_LAYER,
            Attention(STACKED, ("attn.c_attn",), "attn.c_proj", head_dim_key=None),
            Mlp(("mlp.c_fc",), "mlp.c_proj", ("n_inner",)),
            (Fold("norm", "ln_1", ("attn.c_attn",)), Fold("heads", "attn.c_attn", ("attn.c_proj",), rows="values"),
             Fold("norm", "ln_2", ("mlp.c_fc",))),  # c_proj reads GELU(c_fc): no exact fold
-           gguf_refusal="transformers' GGUF loader rebuilds GPT-2 without its n_positions, so the export could not "
-                        "be checked"),
+           gguf=Gguf("gpt2", "GPT2", eps_key="layer_norm_epsilon", rope=False, read_back="squeezelab",
+                     requires=_GPT2_GGUF)),
     Family("opt", ("opt",), "model.decoder.layers", NORM_LAYER,
            Attention(SEPARATE, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.out_proj",
                      head_dim_key=None),
@@ -234,8 +292,8 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
             Fold("heads", "attention.query_key_value", ("attention.dense",), rows="values"),
             Fold("norm", "post_attention_layernorm", ("mlp.dense_h_to_4h",))),  # dense_4h_to_h reads GELU
            residual="parallel",
-           gguf_refusal="transformers' GGUF loader cannot read GPT-NeoX files (llama.cpp's gptneox), so the export "
-                        "could not be checked"),
+           gguf=Gguf("gptneox", "GPTNEOX", keys=("rope_dimensions", "parallel_residual"), eps_key="layer_norm_eps",
+                     stack_qkv=True, read_back="squeezelab", requires=_NEOX_GGUF)),
     Family("falcon", ("falcon",), "transformer.h", NORM_LAYER,
            Attention(GROUPED, (_FALCON_QKV,), "self_attention.dense", head_dim_key=None),
            Mlp((_FALCON_UP,), "mlp.dense_4h_to_h", ("ffn_hidden_size",)),
@@ -246,8 +304,8 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
             Fold("norm", "ln_mlp", (_FALCON_UP,), when=_falcon_two_norms),
             Fold("heads", _FALCON_QKV, ("self_attention.dense",), rows="values")),
            residual="parallel",
-           gguf_refusal="transformers reads llama.cpp's Falcon files with the key/value heads in another order than "
-                        "its own Falcon, so the export could not be checked"),
+           gguf=Gguf("falcon", "FALCON", eps_key="layer_norm_epsilon", stack_qkv=True, read_back="squeezelab",
+                     requires=_FALCON_GGUF)),
 )}
 
 _BY_MODEL_TYPE = {model_type: family for family in FAMILIES.values() for model_type in family.model_types}
@@ -327,3 +385,38 @@ def value_rows(family: Family, config: Any) -> torch.Tensor | None:
     if family.attention.layout == SEPARATE:
         return None
     return qkv_rows(family.attention.layout, *attention_heads(config, family))[2].reshape(-1)
+
+
+def mlp_width(config: Any, family: Family) -> int:
+    """The MLP's width: the first of the family's width keys that is set (GPT-2's n_inner: None means 4 x hidden)."""
+    widths = (getattr(config, key, None) for key in family.mlp.width_keys)
+    return int(next((width for width in widths if width), 4 * config.hidden_size))
+
+
+def rotary_dims(config: Any, head_dim: int) -> int:
+    """How many of a head's dimensions turn with the rotary embedding (GPT-NeoX's rotary_pct: a part of them)."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    factor = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None)) if isinstance(
+        rope, dict) else None
+    return int(head_dim * (factor if factor is not None else 1.0))
+
+
+# ---- the row orders of llama.cpp's GGUF files ----
+
+
+def gguf_row_order(name: str, config: Any, family: Family) -> torch.Tensor | None:
+    """The rows of the HF tensor ``name`` in the order llama.cpp's converter stores them (file row i is HF row
+    order[i]), or None when they are stored as they are: Llama's q/k rows with each head's two rotary halves
+    interleaved; a fused per-head (GPT-NeoX) or per-group (Falcon) qkv as [all q | all k | all v]."""
+    facts = family.gguf
+    if facts is None or not name.endswith((".weight", ".bias")):
+        return None
+    module = name.rsplit(".", 1)[0]
+    heads, kv, head_dim = attention_heads(config, family)
+    if facts.permute_qk and module.endswith(family.attention.qkv[:2]):
+        count = heads if module.endswith(family.attention.qkv[0]) else kv
+        return torch.arange(count * head_dim).view(count, 2, head_dim // 2).transpose(1, 2).reshape(-1)
+    if facts.stack_qkv and family.attention.layout != SEPARATE and module.endswith(family.attention.qkv[0]):
+        q, k, v = qkv_rows(family.attention.layout, heads, kv, head_dim)
+        return torch.cat([q.reshape(-1), k.reshape(-1), v.reshape(-1)])
+    return None

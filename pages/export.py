@@ -20,7 +20,7 @@ navigation.inside_app()
 FORMAT_LABELS = {
     "hf": "Hugging Face folder (safetensors; quantized or sparse weights kept as SqueezeLab stores them)",
     "compressed-tensors": "compressed-tensors (llm-compressor's format: transformers and vLLM load it)",
-    "gguf": "GGUF (llama.cpp, ollama; Llama, Mistral, Qwen2/3, Gemma-2/3, Phi-3)",
+    "gguf": "GGUF (llama.cpp, ollama; Llama, Mistral, Qwen2/3, Gemma-2/3, Phi-3, GPT-2, GPT-NeoX, Falcon)",
 }
 GGUF_LABELS = {"auto": "auto: the exact block type of each quantized layer", "F32": "F32", "F16": "F16",
                "Q8_0": "Q8_0 (8-bit, blocks of 32)", "Q4_0": "Q4_0 (4-bit symmetric, blocks of 32)",

@@ -21,7 +21,7 @@ from core.distill.students import build_student_
 from core.distill.train import _Trainer, distill_
 from core.errors import SpecError
 from core.evaluate import evaluate_quality
-from core.export import ExportSpec, export_model
+from core.export import ExportSpec, export_model, load_exported
 from core.layers import decoder_blocks, weight_matrix
 from core.prune.apply import prune_
 from core.prune.spec import PruneSpec
@@ -41,7 +41,16 @@ REFUSED = {
     ("gpt2", "compressed-tensors"): "compressed-tensors quantizes nn.Linear layers",
     ("falcon", "compressed-tensors"): "compressed-tensors quantizes nn.Linear layers",
 }
-GGUF_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")  # others: refused, saying why
+GGUF_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "gpt2", "gpt_neox",
+                 "falcon")  # OPT: refused, saying why
+# The families SqueezeLab reads back itself (transformers' GGUF loader cannot), with the variants that take other
+# paths through the writer and the reader: GPT-NeoX's sequential residual and rotary share, Falcon's qkv layouts
+_HALF_ROTARY = {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}
+GGUF_OWN_READ = [("gpt2", {}), ("gpt_neox", {}),
+                 ("gpt_neox", {"use_parallel_residual": False, "rope_parameters": _HALF_ROTARY}),
+                 ("falcon", {}), ("falcon", {"multi_query": False}),
+                 ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 2}),
+                 ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 2, "num_ln_in_parallel_attn": 1})]
 
 # Perplexity ratios to the trained family's own (same windows) that each technique stays under
 # (measured on these models: at most 1.18, 1.09, 1.16, 1.06, 1.76, 1.007, 1.004, 1.006, 1.001, 1.001)
@@ -213,6 +222,65 @@ def test_export_reload_within_half_a_percent(family, fmt, trained, tmp_path):
     result = export_model(model, tokenizer, spec, windows, out=tmp_path / "out")
     assert result.check_passed and result.tokenizer_match
     assert abs(result.perplexity_after / result.perplexity_before - 1) <= 0.005
+
+
+@pytest.mark.parametrize("family,overrides", GGUF_OWN_READ,
+                         ids=[f"{family}-{'-'.join(overrides) or 'default'}" for family, overrides in GGUF_OWN_READ])
+def test_gguf_f32_reads_back_with_the_same_logits(family, overrides, tmp_path):
+    tokenizer = family_tokenizer(family)
+    model = trained_tiny_lm(family, tokenizer, steps=30, **overrides)
+    windows = _windows(family, tokenizer, 2)
+    result = export_model(model, tokenizer, ExportSpec(format="gguf", gguf_type="F32", check_windows=0), windows,
+                          out=tmp_path / "out")
+    assert result.check_passed and result.tokenizer_match
+    assert any("load this file with llama.cpp or SqueezeLab" in note for note in result.notes)
+    reloaded = load_exported(tmp_path / "out")
+    rebuilt, config = reloaded.model.config.to_dict(), model.config.to_dict()
+    assert type(reloaded.model) is type(model) and all(rebuilt[key] == config[key] for key in overrides)
+    torch.testing.assert_close(_logits(reloaded.model, windows), _logits(model, windows), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "falcon"])
+def test_gguf_q8_0_of_a_float_model_reads_back_as_the_file_holds_it(family, trained, tmp_path):
+    model, tokenizer, windows, _, _ = trained[family]
+    result = export_model(model, tokenizer, ExportSpec(format="gguf", gguf_type="Q8_0", check_windows=0), windows,
+                          out=tmp_path / "out")
+    assert result.lossy and result.check_passed and result.reference_perplexity is not None
+    assert abs(result.perplexity_after / result.reference_perplexity - 1) < 1e-4  # the re-rounded weights, exactly
+    assert abs(result.perplexity_after / result.perplexity_before - 1) <= 0.005
+
+
+def test_a_gguf_file_of_an_own_read_family_loads_as_a_model_reference(trained, tmp_path):
+    model, tokenizer, windows, _, _ = trained["gpt_neox"]
+    result = export_model(model, tokenizer, ExportSpec(format="gguf", gguf_type="F32", check_windows=0), windows,
+                          out=tmp_path / "out")
+    loaded = models.load(str(tmp_path / "out" / result.gguf_file), device="cpu")
+    assert loaded.model.config.model_type == "gpt_neox"
+    torch.testing.assert_close(_logits(loaded.model, windows), _logits(model, windows), atol=1e-5, rtol=1e-5)
+
+
+# Variants a family's llama.cpp architecture would run as another model: refused before anything is written
+GGUF_VARIANT_REFUSALS = [
+    ("falcon", {"alibi": True}, "llama.cpp's falcon has rotary positions only, no ALiBi", "alibi: True"),
+    ("falcon", {"bias": True}, "llama.cpp's falcon has no linear biases", "bias: True"),
+    ("falcon", {"parallel_attn": False}, "falcon adds attention and MLP in parallel", "parallel_attn: False"),
+    ("gpt_neox", {"hidden_act": "relu"}, "llama.cpp's gptneox runs GELU in the MLP", "hidden_act: 'relu'"),
+    ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "does not scale attention by 1/layer", "idx: True"),
+    ("qwen3", {"hidden_act": "gelu"}, "llama.cpp's qwen3 runs SiLU in the MLP", "hidden_act: 'gelu'"),
+    ("gemma2", {"query_pre_attn_scalar": 64}, "queries by 1/sqrt(256)", "1/sqrt(64) (query_pre_attn_scalar)"),
+    ("gemma3", {"final_logit_softcapping": 30.0}, "does not soft-cap", "final_logit_softcapping: 30.0"),
+]
+
+
+@pytest.mark.parametrize("family,overrides,does,has", GGUF_VARIANT_REFUSALS,
+                         ids=[f"{family}-{next(iter(overrides))}" for family, overrides, _, _ in GGUF_VARIANT_REFUSALS])
+def test_gguf_refuses_variants_llama_cpp_would_run_as_another_model(family, overrides, does, has, tmp_path):
+    tokenizer = family_tokenizer(family)
+    model = tiny_causal_lm(family, tokenizer, **overrides)
+    with pytest.raises(SpecError, match=f"cannot write this '{model.config.model_type}' model: .*{re.escape(does)}.*"
+                                        f"{re.escape(has)}.*Export as format hf or compressed-tensors"):
+        export_model(model, tokenizer, ExportSpec(format="gguf"), _windows(family, tokenizer, 1), out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
 
 
 def test_the_readme_support_table_marks_the_refused_cells():

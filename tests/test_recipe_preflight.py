@@ -194,8 +194,8 @@ def test_a_student_with_another_vocabulary_is_refused_before_loading(tmp_path, c
 
 
 def test_an_export_format_the_architecture_or_the_schemes_cannot_take(tmp_path, capsys, loads, tiny_models) -> None:
-    message = refused(tmp_path, capsys, {"model": str(tiny_models["gpt2"]), "export": {"format": "gguf"}}, loads)
-    assert "GGUF export cannot write a 'gpt2' model" in message
+    message = refused(tmp_path, capsys, {"model": str(tiny_models["opt"]), "export": {"format": "gguf"}}, loads)
+    assert "GGUF export cannot write a 'opt' model" in message
     steps = [{"quantize": {"method": "rtn", "bits": 8}}]
     message = refused(tmp_path, capsys, {"model": TEACHER, "steps": steps,
                                          "export": {"format": "gguf", "gguf_type": "Q4_0"}}, loads)

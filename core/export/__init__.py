@@ -5,7 +5,8 @@
 * ``check``      - the reload check: both sides scored with the same exact math.
 * ``hf``         - the Hugging Face folder (plain, or SqueezeLab's stored form: packed codes, sparse tensors).
 * ``ct``         - llm-compressor's compressed-tensors ``pack-quantized`` format.
-* ``gguf``       - GGUF for llama.cpp / ollama; ``gguf_vocab`` its tokenizer metadata.
+* ``gguf``       - GGUF for llama.cpp / ollama; ``gguf_arch`` each family's names, metadata and conventions,
+                   ``gguf_vocab`` its tokenizer metadata.
 * ``files``      - target checks, scratch names, free space, zips: nothing of the user's is touched.
 * ``card``       - ``squeezelab.json`` and the model card.
 

@@ -93,7 +93,9 @@ def _how_to_load(export: dict) -> list[str]:
                 f"echo 'FROM ./{file}' > Modelfile && ollama create my-model -f Modelfile   # ollama", "```",
                 "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
                 f"model = AutoModelForCausalLM.from_pretrained('{name}', gguf_file='{file}')  # dequantized",
-                f"tokenizer = AutoTokenizer.from_pretrained('{name}', gguf_file='{file}')", "```"]
+                f"tokenizer = AutoTokenizer.from_pretrained('{name}', gguf_file='{file}')",
+                "# GPT-2, GPT-NeoX and Falcon files (transformers does not rebuild them faithfully): SqueezeLab",
+                f"from core.models import load_exported; loaded = load_exported('{name}')", "```"]
     if export["format"] == "compressed-tensors":
         return ["```python", "# pip install compressed-tensors", "from transformers import AutoModelForCausalLM",
                 f"model = AutoModelForCausalLM.from_pretrained('{name}')", "```",

@@ -6,8 +6,9 @@ Formats (``ExportSpec.format``):
                            with ``AutoModelForCausalLM.from_pretrained``; quantized or sparse ones keep SqueezeLab's
                            stored form (``core.export.hf``) and load with ``core.models.exported.load_exported``.
 * ``compressed-tensors`` - llm-compressor's format, loaded by transformers and vLLM (``core.export.ct``).
-* ``gguf``               - one ``.gguf`` file for llama.cpp / ollama: Llama, Mistral, Qwen2/3, Gemma-2/3, Phi-3
-                           (``core.export.gguf``).
+* ``gguf``               - one ``.gguf`` file for llama.cpp / ollama: Llama, Mistral, Qwen2/3, Gemma-2/3, Phi-3,
+                           GPT-2, GPT-NeoX, Falcon (``core.export.gguf``; the last three reload through SqueezeLab's
+                           own GGUF reader, ``core.models.gguf_read``, which transformers' loader cannot replace).
 
 Every export is written into a hidden, marked scratch folder beside the target, reloaded from there the way a
 user would load it, re-evaluated on a few windows and compared with the model in memory; only then is it moved

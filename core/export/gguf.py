@@ -1,4 +1,5 @@
-"""GGUF for llama.cpp / ollama, written with the ``gguf`` package: Llama, Mistral, Qwen2/3, Gemma-2/3, Phi-3.
+"""GGUF for llama.cpp / ollama, written with the ``gguf`` package: Llama, Mistral, Qwen2/3, Gemma-2/3, Phi-3, GPT-2,
+GPT-NeoX, Falcon.
 
 Block types, 32 weights per block, each with an fp16 scale ``d``:
   Q8_0  x = d * q,  q int8            Q4_0  x = d * (q - 8), q 0..15
@@ -15,7 +16,8 @@ may stay at a higher precision than asked (as llama.cpp's own files keep them).
 
 Layout as llama.cpp's ``convert_hf_to_gguf.py`` writes it: tensor names from gguf's name map for the
 family's architecture, each family's conventions (``core.export.gguf_arch``: Llama's permuted q/k rows,
-Gemma's ``1 + w`` norms), norms in F32, no ``output.weight`` when the embedding is tied.
+Gemma's ``1 + w`` norms, GPT-2's transposed ``Conv1D`` weights, GPT-NeoX's and Falcon's fused qkv rows as
+[q | k | v]), norms in F32, no ``output.weight`` when the embedding is tied.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from core.errors import CancelledError, SpecError
 from core.export.gguf_arch import gguf_facts, tensor_name_map, transform, write_config
 from core.export.gguf_vocab import vocab_for, write_vocab
 from core.export.hf import WriteReport
+from core.layers import Conv1D
 from core.quantize.qembedding import TiedQuantEmbedding
 from core.quantize.qlinear import QuantLinear
 from core.quantize.scheme import QuantScheme
@@ -57,8 +60,9 @@ class _Entry:
 
     name: str
     quant: QuantLinear | None = None
-    tensor: torch.Tensor | None = None
+    tensor: torch.Tensor | None = None  # [out, in] (a GPT-2 Conv1D weight: its transposed view)
     role: str = "block"  # block | embedding | output | vector
+    transposed: bool = False  # the module stores the weight as [in, out] (GPT-2's Conv1D)
 
 
 def _entries(model: nn.Module) -> list[_Entry]:
@@ -77,8 +81,14 @@ def _entries(model: nn.Module) -> list[_Entry]:
             continue
         role = "vector" if parameter.ndim == 1 else "embedding" if parameter is getattr(embedding, "weight", None) \
             else "output" if parameter is getattr(head, "weight", None) else "block"
-        entries.append(_Entry(name, tensor=parameter, role=role))
+        transposed = parameter.ndim == 2 and _is_conv1d(model.get_submodule(name.rsplit(".", 1)[0]))
+        entries.append(_Entry(name, tensor=parameter.t() if transposed else parameter, role=role,
+                              transposed=transposed))
     return entries
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return bool(Conv1D) and isinstance(module, Conv1D)
 
 
 def _plan(entry: _Entry, requested: str, dense_default: str, requantize: bool) -> tuple[str, str]:
@@ -151,7 +161,7 @@ def _floats(entry: _Entry) -> torch.Tensor:
 class _Encoded:
     array: np.ndarray
     kind: str
-    reference: torch.Tensor | None  # what the file now holds, where that differs from the model (HF layout)
+    reference: torch.Tensor | None  # what the file now holds, where that differs from the model (the module's layout)
 
 
 def _encode(entry: _Entry, kind: str, how: str) -> _Encoded:
@@ -166,7 +176,8 @@ def _encode(entry: _Entry, kind: str, how: str) -> _Encoded:
         return _Encoded(values.astype(np.float16), kind, None)
     qtype = gguf.GGMLQuantizationType[kind]
     packed = gguf.quants.quantize(values.astype(np.float32), qtype)
-    return _Encoded(packed, kind, torch.from_numpy(gguf.quants.dequantize(packed, qtype).copy()))
+    held = torch.from_numpy(gguf.quants.dequantize(packed, qtype).copy())
+    return _Encoded(packed, kind, held.t().contiguous() if entry.transposed else held)  # as the module stores it
 
 
 def gguf_file_name(requested: str, kinds: list[str]) -> str:
@@ -223,6 +234,9 @@ def write_gguf(model: nn.Module, tokenizer, folder: Path, requested: str = "auto
     writer.write_tensors_to_file()
     writer.close()
     _notes(report, planned)
+    if facts.read_back == "squeezelab":
+        report.notes.append(f"transformers' GGUF loader does not rebuild a {family.name} model faithfully: load this "
+                            "file with llama.cpp or SqueezeLab (load_exported, or --model FILE.gguf)")
     return report
 
 

@@ -2,14 +2,22 @@
 names, metadata keys and the per-tensor conventions its converter (``convert_hf_to_gguf.py``) applies.
 
 The facts come from ``core.architectures`` (``Family.gguf``, or ``gguf_refusal`` saying why a family is not
-written). Per family:
+written; ``Gguf.requires`` and ``Gguf.refusal`` for a variant llama.cpp's architecture would run as another
+model: another MLP activation, Gemma's query scale or soft-capping, ...). Per family:
 
 * Llama and Mistral (architecture ``llama``): q/k rows permuted for llama.cpp's rotary layout;
 * Qwen2 / Qwen3: no permutation; Qwen2's q/k/v biases, Qwen3's q/k norms (``attn_q_norm``), the head size;
 * Gemma-2 / Gemma-3: every norm stored as ``1 + w`` (llama.cpp multiplies by the stored weight; Gemma's
   RMSNorm computes ``x * (1 + w)``), the head size, the sliding window, Gemma-2's logit soft-capping;
   the embedding is stored unscaled (llama.cpp, like transformers, multiplies it by sqrt(hidden));
-* Phi-3: the fused ``qkv_proj`` and ``gate_up_proj`` as llama.cpp's ``attn_qkv`` and ``ffn_up``.
+* Phi-3: the fused ``qkv_proj`` and ``gate_up_proj`` as llama.cpp's ``attn_qkv`` and ``ffn_up``;
+* GPT-2 (``gpt2``): ``Conv1D`` weights ([in, out]) transposed to [out, in], the learned position embeddings
+  (``position_embd``), LayerNorm with biases, no rotary metadata;
+* GPT-NeoX (``gptneox``): the per-head interleaved ``query_key_value`` rows stored as [q | k | v], the rotary
+  part of each head (``rope.dimension_count`` from ``rotary_pct``), the parallel-residual flag;
+* Falcon (``falcon``): the per-group ``query_key_value`` rows stored as [q | k | v] (the converter's "jploski"
+  layout), Falcon-40B's two norms as ``attn_norm`` (MLP) and ``attn_norm_2`` (attention); ALiBi, sequential
+  and biased variants are refused (llama.cpp's falcon runs none of them).
 """
 
 from __future__ import annotations
@@ -19,7 +27,17 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from core.architectures import Family, Gguf, attention_heads, family_of
+from core.architectures import (
+    GROUPED,
+    NORM_LAYER,
+    Family,
+    Gguf,
+    attention_heads,
+    family_of,
+    gguf_row_order,
+    mlp_width,
+    rotary_dims,
+)
 from core.errors import SpecError
 
 
@@ -33,6 +51,7 @@ def gguf_facts(model: nn.Module) -> tuple[Family, Gguf]:
         writable = ", ".join(sorted(name for name, f in _families().items() if f.gguf is not None))
         raise SpecError(f"GGUF export cannot write a {config.model_type!r} model: {why}. GGUF is written for "
                         f"{writable}; formats that can write this model: hf, compressed-tensors")
+    _check_variant(config, family.gguf)
     for rope in _rope_parameters(config):
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             raise SpecError(f"GGUF export writes default rotary embeddings only; this model uses "
@@ -46,6 +65,16 @@ def gguf_facts(model: nn.Module) -> tuple[Family, Gguf]:
                         f"({', '.join(layer_types)}) are not its family's default pattern, which readers rebuild; "
                         "export as format hf or compressed-tensors")
     return family, family.gguf
+
+
+def _check_variant(config: Any, facts: Gguf) -> None:
+    """SpecError when llama.cpp's architecture would run another model than this config describes."""
+    unmet = next((need for need in facts.requires if getattr(config, need.key, None) not in need.allowed), None)
+    why = f"llama.cpp's {facts.arch} {unmet.does}, and this model has {unmet.key}: " \
+          f"{getattr(config, unmet.key, None)!r}" if unmet else facts.refusal(config)
+    if why:
+        raise SpecError(f"GGUF export cannot write this {config.model_type!r} model: {why}. Export as format hf or "
+                        "compressed-tensors")
 
 
 def _default_layer_types(config: Any) -> list[str] | None:
@@ -83,52 +112,52 @@ def tensor_name_map(model: nn.Module, facts: Gguf):
 
 
 def transform(name: str, array: np.ndarray, model: nn.Module, family: Family, facts: Gguf) -> np.ndarray:
-    """The tensor as llama.cpp's converter stores it: q/k rows permuted (Llama), ``1 + w`` norms (Gemma)."""
-    if facts.permute_qk:
-        heads = _heads_for(name, model.config, family)
-        if heads:
-            array = _permute_rows(array, heads)
+    """The tensor as llama.cpp's converter stores it: rows reordered (Llama's q/k, a fused per-head / per-group
+    qkv), ``1 + w`` norms (Gemma). ``array`` is [out, ...] (GPT-2's Conv1D weights already transposed)."""
+    order = gguf_row_order(name, model.config, family)
+    if order is not None:
+        array = array[order.numpy()]
     if facts.norm_shift and name.endswith("norm.weight"):
         array = array + np.asarray(facts.norm_shift, dtype=array.dtype)
     return array
 
 
-def _permute_rows(array: np.ndarray, heads: int) -> np.ndarray:
-    """llama.cpp's q/k row order: per head, the two rotary halves interleaved ([rows, ...])."""
-    rows = array.shape[0]
-    return array.reshape(heads, 2, rows // heads // 2, *array.shape[1:]).swapaxes(1, 2).reshape(array.shape)
-
-
-def _heads_for(name: str, config: Any, family: Family) -> int | None:
-    heads, kv_heads, _ = attention_heads(config, family)
-    if name.endswith(("q_proj.weight", "q_proj.bias")):
-        return heads
-    if name.endswith(("k_proj.weight", "k_proj.bias")):
-        return kv_heads
-    return None
-
-
 def write_config(writer, model: nn.Module, family: Family, facts: Gguf) -> None:
-    """The architecture's metadata keys, as llama.cpp reads them (and transformers' GGUF loader maps back)."""
+    """The architecture's metadata keys, as llama.cpp reads them (and a GGUF reader maps back)."""
     config = model.config
     heads, kv_heads, head_dim = attention_heads(config, family)
     writer.add_name(str(getattr(config, "_name_or_path", "") or "squeezelab-export"))
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_feed_forward_length(mlp_width(config, family))
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv_heads)
-    writer.add_rope_freq_base(rope_base(config))
-    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     writer.add_vocab_size(config.vocab_size)
+    epsilon = float(getattr(config, facts.eps_key))
+    if family.norm == NORM_LAYER:
+        writer.add_layer_norm_eps(epsilon)
+    else:
+        writer.add_layer_norm_rms_eps(epsilon)
+    if facts.rope:
+        writer.add_rope_freq_base(rope_base(config))
     if "rope_dimensions" in facts.keys:
-        writer.add_rope_dimension_count(head_dim)
+        writer.add_rope_dimension_count(rotary_dims(config, head_dim))
+    if "parallel_residual" in facts.keys:
+        writer.add_parallel_residual(bool(config.use_parallel_residual))
+    if facts.stack_qkv and family.attention.layout == GROUPED:
+        writer.add_tensor_data_layout("jploski")  # what llama.cpp's converter names Falcon's [q | k | v] order
+    _write_attention_extras(writer, config, facts, head_dim)
+
+
+def _write_attention_extras(writer, config: Any, facts: Gguf, head_dim: int) -> None:
     if "key_length" in facts.keys:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     if "sliding_window" in facts.keys and getattr(config, "sliding_window", None):
         writer.add_sliding_window(int(config.sliding_window))
+    if "rope_swa" in facts.keys:
+        writer.add_rope_freq_base_swa(rope_base(config, "sliding_attention"))
     if "softcapping" in facts.keys:
         for key, add in (("attn_logit_softcapping", writer.add_attn_logit_softcapping),
                          ("final_logit_softcapping", writer.add_final_logit_softcapping)):

@@ -4,6 +4,9 @@
 * ``device``   - device and dtype choice, free memory checks.
 * ``loading``  - ``load``: samples, folders, GGUF (converted once and cached), the Hub; safety opt-ins.
 * ``exported`` - ``load_exported``: SqueezeLab's own stored form, plain and compressed-tensors folders, GGUF.
+* ``gguf_read`` - SqueezeLab's own reader of GGUF files of the families transformers cannot rebuild (GPT-2,
+  GPT-NeoX, Falcon).
+* ``skeleton`` - an empty model of a config's class, for readers that fill in every weight.
 * ``sparse``   - the bitmask + values storage of pruned matrices in SqueezeLab's folders.
 * ``files``    - checks of a model's files (JSON, safetensors, tokenizer, GGUF) that name a damaged file.
 """

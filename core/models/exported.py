@@ -1,4 +1,5 @@
-"""Reload what SqueezeLab exported: its own stored form, plain or compressed-tensors folders, GGUF files.
+"""Reload what SqueezeLab exported: its own stored form, plain or compressed-tensors folders, GGUF files (through
+transformers, or ``core.models.gguf_read`` for the families it cannot rebuild).
 
 SqueezeLab's own folder format (written by ``core.export.hf``) is a transformers folder whose
 ``config.json`` says ``quantization_config.quant_method: squeezelab``; its weights are in
@@ -9,7 +10,6 @@ for a folder in SqueezeLab's form.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ from torch import nn
 from core.errors import ModelFileError, SpecError
 from core.models import files
 from core.models.device import DTYPES, pick_device
+from core.models.gguf_read import read_gguf, reads_itself
+from core.models.skeleton import skeleton
 from core.models.source import LoadedModel, ModelSource, ensure_pad_token
 from core.models.sparse import MASK_SUFFIX, VALUES_SUFFIX, from_sparse
 from core.quantize.kernel_choice import choose_kernels
@@ -46,20 +48,6 @@ def is_squeezelab_folder(folder: Path) -> bool:
         return False
     quantization = raw.get("quantization_config") if isinstance(raw, dict) else None
     return isinstance(quantization, dict) and quantization.get("quant_method") == QUANT_METHOD
-
-
-def skeleton(config, dtype: torch.dtype) -> nn.Module:
-    """An instance of the config's class whose weights are about to be overwritten (init skipped if possible)."""
-    from transformers import AutoModelForCausalLM
-
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # older transformers: a random init, then overwritten
-        no_init_weights = contextlib.nullcontext
-    with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.tie_weights()  # skipping the init also skips the tie that from_config would make
-    return model
 
 
 def _read_state(folder: Path, sparse: dict[str, list[int]]) -> dict[str, torch.Tensor]:
@@ -180,10 +168,14 @@ def reload_artifact(kind: str, path: Path, dtype: torch.dtype | None, kernel: st
 
 
 def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object]:
-    """What a user runs: transformers' GGUF loader (dequantizes to ``dtype``) for model and tokenizer."""
+    """What a user runs: transformers' GGUF loader (dequantizes to ``dtype``) for model and tokenizer, or SqueezeLab's
+    own reader for the families transformers cannot rebuild faithfully (GPT-2, GPT-NeoX, Falcon:
+    ``core.models.gguf_read``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     files.check_gguf(path)
+    if reads_itself(path):
+        return read_gguf(path, dtype)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).eval()
     return model, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)

@@ -30,6 +30,7 @@ from core.errors import (
 from core.models import files
 from core.models.device import check_memory, estimate_weight_bytes, pick_device, pick_dtype
 from core.models.exported import is_squeezelab_folder, load_exported
+from core.models.gguf_read import gguf_config, read_gguf, reads_itself
 from core.models.source import DEFAULT_MODEL, LoadedModel, ModelSource, ensure_pad_token, resolve
 
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -237,7 +238,8 @@ def gguf_as_folder(source: ModelSource, check_free_memory: bool = True) -> Path:
     """A Hugging Face folder (fp32 safetensors) holding the dequantized GGUF model, converted once.
 
     Reading a GGUF file through transformers parses it once per config, tokenizer and weights;
-    converting once and caching makes every later load as fast as a local folder.
+    converting once and caching makes every later load as fast as a local folder. The families
+    transformers cannot rebuild faithfully are read by ``core.models.gguf_read``.
     """
     missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
     if missing:
@@ -250,11 +252,14 @@ def gguf_as_folder(source: ModelSource, check_free_memory: bool = True) -> Path:
     if (folder / "config.json").is_file():
         return folder
     files.check_gguf(gguf_path)
-    config = read_config(source)
+    own = reads_itself(gguf_path)  # GPT-2, GPT-NeoX, Falcon: transformers' GGUF loader cannot rebuild them
+    config = gguf_config(gguf_path) if own else read_config(source)
     if check_free_memory:
         check_memory(estimate_weight_bytes(config, torch.float32), torch.device("cpu"), source.ref)
-    model = _load_weights(source, torch.float32, False, False, True)
-    tokenizer = load_tokenizer(source)
+    if own:
+        model, tokenizer = read_gguf(gguf_path)
+    else:
+        model, tokenizer = _load_weights(source, torch.float32, False, False, True), load_tokenizer(source)
     scratch = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     try:
         _save_dequantized(model, scratch)
