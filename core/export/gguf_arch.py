@@ -27,16 +27,13 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from core.architecture_rows import attention_heads, gguf_row_order, mlp_width, rotary_dims
 from core.architectures import (
     GROUPED,
     NORM_LAYER,
     Family,
     Gguf,
-    attention_heads,
     family_of,
-    gguf_row_order,
-    mlp_width,
-    rotary_dims,
 )
 from core.errors import SpecError
 

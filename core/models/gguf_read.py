@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.architectures import FAMILIES, NORM_LAYER, Family, gguf_row_order
+from core.architecture_rows import gguf_row_order
+from core.architectures import FAMILIES, NORM_LAYER, Family
 from core.errors import ModelFileError
 from core.layers import Conv1D
 from core.models.skeleton import skeleton

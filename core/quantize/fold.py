@@ -23,16 +23,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.architecture_rows import attention_heads, value_rows
 from core.architectures import (
     NORM_LAYER,
     NORM_RMS_PLUS_ONE,
     Family,
-    attention_heads,
     family_of,
     family_of_block,
     known_families,
     part,
-    value_rows,
 )
 from core.layers import decoder_blocks, is_linear, weight_matrix
 
