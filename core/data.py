@@ -301,6 +301,11 @@ def added_bos(tokenizer) -> int | None:
     return int(bos) if len(first) > 0 and int(first[0]) == int(bos) else None
 
 
+def without_leading_bos(ids: torch.Tensor, bos: int | None) -> torch.Tensor:
+    """The text's ids without the BOS the tokenizer put first (windows cut from them put it back at each start)."""
+    return ids[1:] if bos is not None and ids.numel() and int(ids[0]) == bos else ids
+
+
 def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None, bos: int | None = None) -> torch.Tensor:
     """Cut token ids into non-overlapping windows of ``seqlen`` (tail dropped): shape [n, seqlen].
 
@@ -311,7 +316,7 @@ def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None, bos:
     if seqlen < 2:
         raise TextSourceError(f"seqlen must be at least 2 tokens, got {seqlen}")
     if bos is not None:
-        body = ids[1:] if ids.numel() and int(ids[0]) == bos else ids
+        body = without_leading_bos(ids, bos)
         cut = _cut(body, seqlen - 1, max_windows, f"{seqlen - 1} after the <bos> token", body.numel() + 1)
         return torch.cat([torch.full((cut.shape[0], 1), bos, dtype=cut.dtype), cut], dim=1)
     return _cut(ids, seqlen, max_windows, str(seqlen), ids.numel())
@@ -338,7 +343,7 @@ def calibration_batches(ids: torch.Tensor, samples: int, seqlen: int, seed: int 
     With ``bos`` (a tokenizer that adds one) each window is ``bos`` and ``seqlen - 1`` drawn tokens, so the
     activations calibrated on are those of inputs that start as the model's always do."""
     if bos is not None and seqlen > 1:
-        drawn = calibration_batches(ids[1:] if ids.numel() and int(ids[0]) == bos else ids, samples, seqlen - 1, seed)
+        drawn = calibration_batches(without_leading_bos(ids, bos), samples, seqlen - 1, seed)
         return torch.cat([torch.full((samples, 1), bos, dtype=drawn.dtype), drawn], dim=1)
     if samples < 1:
         raise TextSourceError(f"calibration needs at least 1 sample, got {samples}")

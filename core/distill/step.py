@@ -32,7 +32,7 @@ def training_data(tokenizer: Any, spec: DistillSpec, seqlen: int,
     from what training draws from, so the checkpoint is chosen on text the student never saw.
     """
     bos = data.added_bos(tokenizer)
-    ids = _without_bos(data.tokenize(tokenizer, data.load_text(spec.text, default=default_text).text), bos)
+    ids = data.without_leading_bos(data.tokenize(tokenizer, data.load_text(spec.text, default=default_text).text), bos)
     needed = spec.batch_size * seqlen
     if spec.eval_text == HOLDOUT:
         # with a BOS each held-out window is <bos> + seqlen - 1 tokens of the tail, as evaluation scores it
@@ -50,10 +50,6 @@ def training_data(tokenizer: Any, spec: DistillSpec, seqlen: int,
     eval_ids = data.tokenize(tokenizer, data.load_text(spec.eval_text, default=default_text).text)
     return ids, data.windows(eval_ids, seqlen, spec.eval_windows, bos=bos)
 
-
-def _without_bos(ids: torch.Tensor, bos: int | None) -> torch.Tensor:
-    """The text's ids without the tokenizer's leading BOS (training windows put it back at every start)."""
-    return ids[1:] if bos is not None and ids.numel() and int(ids[0]) == bos else ids
 
 
 def _teacher_for(spec: DistillSpec, base: nn.Module | None, tokenizer: Any, like: nn.Module,
