@@ -58,9 +58,14 @@ def smollm2_folder() -> str:
 def grid_spec(args: argparse.Namespace) -> dict:
     base = recipe_for(smollm2_folder(), [{"quantize": {"method": "rtn", "bits": 4, "group_size": 64}}],
                       latency=False, windows=args.windows)
-    name = f"smollm2-{'smoke' if args.smoke else 'grid'}-w{args.windows}-{args.backend}"
-    return {"sweep": name, "base": base, "grid": SMOKE_GRID if args.smoke else GRID,
-            "constraint": {"perplexity": "<= 1.10 * base"}, "resources": {"cpus": 1}}
+    return {"sweep": grid_name(args, args.backend), "base": base, "grid": SMOKE_GRID if args.smoke else GRID,
+            "constraint": {"perplexity": "<= 1.10 * base"}, "resources": {"cpus": args.trial_cpus}}
+
+
+def grid_name(args: argparse.Namespace, backend: str) -> str:
+    """The sweep's name: a Ray run with other than one CPU per trial is a sweep of its own (``-c<cpus>``)."""
+    cpus = f"-c{args.trial_cpus}" if backend == "ray" and args.trial_cpus != 1 else ""
+    return f"smollm2-{'smoke' if args.smoke else 'grid'}-w{args.windows}-{backend}{cpus}"
 
 
 def run(spec_data: dict, results: Path, backend: str = "local", threads: int = 2):
@@ -93,7 +98,7 @@ def table(report) -> str:
     return "\n".join(lines)
 
 
-def ray_figures(report, results: Path, local_name: str) -> list[str]:
+def ray_figures(report, results: Path, local_name: str, trial_cpus: int) -> list[str]:
     """Ray's per-trial overhead, and the largest perplexity difference to the local run of the same trial."""
     from core import ResultStore
 
@@ -107,7 +112,7 @@ def ray_figures(report, results: Path, local_name: str) -> list[str]:
     if shared:
         worst = max(abs(a - b) / a for a, b in shared)
         lines.append(f"perplexity vs the local backend: {len(shared)} trials in both, largest relative "
-                     f"difference {worst:.2e} (local: 2 torch threads, Ray: 1 per trial)")
+                     f"difference {worst:.2e} (local: 2 torch threads, Ray: {trial_cpus} per trial)")
     return lines
 
 
@@ -122,7 +127,7 @@ def grid_main(args: argparse.Namespace) -> None:
     print(f"Pareto set: {len(report.pareto)} of {len(report.trials)} trials; smallest acceptable at +10%: "
           + (f"{best.id} ({best.size_bytes / 1e6:.1f} MB, ppl {best.perplexity:.3f})" if best else "none"))
     if args.backend == "ray":
-        for line in ray_figures(report, args.results_dir, spec["sweep"].rsplit("-", 1)[0] + "-local"):
+        for line in ray_figures(report, args.results_dir, grid_name(args, "local"), args.trial_cpus):
             print(line)
 
 
@@ -186,6 +191,9 @@ def main() -> None:
     parser.add_argument("--sampler", choices=["tpe", "nsga2", "random"], default="tpe")
     parser.add_argument("--seed", type=int, default=0, help="search: the sampler's seed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the local backend (cpu-small: 2)")
+    parser.add_argument("--trial-cpus", type=int, default=1,
+                        help="grid, Ray backend: CPUs (and torch threads) per trial; 2 runs one trial at a time with "
+                             "the local backend's thread count, so its perplexities can match bit for bit")
     parser.add_argument("--results-dir", type=Path, default=Path(tempfile.gettempdir()) / "squeezelab-sweep-bench")
     args = parser.parse_args()
     (grid_main if args.job == "grid" else search_main)(args)

@@ -139,6 +139,12 @@ def test_trial_keys_labels_and_families():
     assert params_key({"b": 1, "a": 0.5}) == params_key({"a": 0.5, "b": 1}) == '{"a":0.5,"b":1}'
     assert short_label({"steps.0.prune.method": "wanda", "steps.1.quantize.method": "rtn", "x.bits": 4}) == \
         "prune.method=wanda quantize.method=rtn bits=4"
+    # a whole step swapped in by the grid reads as the step, its sparsity beside it
+    assert short_label({"steps.0": {"prune": {"method": "sparsegpt"}}, "steps.0.prune.sparsity": 0.5}) == \
+        "prune method=sparsegpt sparsity=0.5"
+    assert short_label({"steps.0": {"prune": {"method": "wanda", "pattern": "2:4"}}}) == \
+        "prune method=wanda pattern=2:4"
+    assert short_label({"steps.0": [1, 2]}) == "0=[1, 2]"  # not a step: shown as it is
     assert method_family("gptq w4 g32 sym + magnitude 50%") == "gptq+magnitude"
     assert method_family(None) == method_family("base") == "base"
     assert make_trial(BASE, {"steps.0.quantize.method": "gptq"}).family == "gptq"

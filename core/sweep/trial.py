@@ -50,7 +50,8 @@ def method_family(method: str | None) -> str:
 
 
 def short_label(params: Mapping[str, Any]) -> str:
-    """'bits=4 method=rtn': each path by its last part, or more of it where two would read the same."""
+    """'bits=4 method=rtn': each path by its last part, or more of it where two would read the same; a whole
+    step swapped in at ``steps.N`` reads as the step itself ('prune method=wanda sparsity=0.5')."""
     if not params:
         return "base model"
     names = {}
@@ -60,7 +61,19 @@ def short_label(params: Mapping[str, Any]) -> str:
         while depth < len(parts) and sum(p.split(".")[-depth:] == parts[-depth:] for p in params) > 1:
             depth += 1
         names[path] = ".".join(parts[-depth:])
-    return " ".join(f"{names[path]}={_show(value)}" for path, value in params.items())
+    return " ".join(_show_step(value) if _is_step(path, value) else f"{names[path]}={_show(value)}"
+                    for path, value in params.items())
+
+
+def _is_step(path: str, value: Any) -> bool:
+    """A value that replaces a whole recipe step: ``{kind: {settings}}`` at a list index (``steps.0``)."""
+    return (path.split(".")[-1].isdigit() and isinstance(value, Mapping) and len(value) == 1
+            and isinstance(next(iter(value.values())), Mapping))
+
+
+def _show_step(step: Mapping[str, Mapping[str, Any]]) -> str:
+    kind, settings = next(iter(step.items()))
+    return " ".join([kind, *(f"{key}={_show(value)}" for key, value in settings.items())])
 
 
 def _show(value: Any) -> str:
